@@ -1,0 +1,1 @@
+"""Ray orchestration of layerleak stages, and the `layerleak` CLI."""

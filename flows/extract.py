@@ -1,0 +1,109 @@
+"""Stage 3: per-sample white-box features, sharded over a pool of extractor actors into Parquet parts.
+
+    layerleak extract --out runs/default
+
+One actor per GPU where the cluster has GPUs, else ``ray.extract_actors`` CPU actors. Each actor
+loads the data and the target once; a call turns one shard of sample ids into
+OUT/features/part-NNNNN.parquet (whole or absent). Parts already present for this config are kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from mia_tasks.config import Config
+from mia_tasks.featurestore import part_name, part_problem
+from mia_tasks.rundir import RunDir
+
+from .runtime import gpus_available, init_ray, stage
+
+
+class Extractor:
+    """Loads the target once; ``__call__`` writes one shard's features part and reports where it ran."""
+
+    def __init__(self, cfg: Config, out: str, config_hash: str, layers: list[dict]):
+        import torch
+
+        from mia_tasks.data import load_dataset
+        from mia_tasks.target import load_target
+        from mia_tasks.train import resolve_device
+
+        self.cfg, self.hash, self.layers = cfg, config_hash, layers
+        self.rd = RunDir(out)
+        self.data = load_dataset(cfg.dataset)
+        device = resolve_device(cfg.features.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            device = torch.device("cpu")  # a GPU resource was declared but CUDA is absent: fall back
+        self.device = device
+        self.model = load_target(cfg, self.rd, self.data).to(device)
+
+    def __call__(self, shard: int, sample_ids: np.ndarray, member: np.ndarray) -> dict:
+        from mia_tasks.gradstats import features_to_columns, per_sample_features
+
+        names = [l["name"] for l in self.layers]
+        x, y = self.data.images(sample_ids)
+        columns: dict[str, list[np.ndarray]] = {}
+        bs = self.cfg.features.batch_size
+        for i in range(0, len(sample_ids), bs):
+            xb = self.data.normalise(x[i:i + bs].to(self.device))
+            result = per_sample_features(self.model, xb, y[i:i + bs].to(self.device), names, budget_mb=self.cfg.features.budget_mb)
+            for k, v in features_to_columns(result, names).items():
+                columns.setdefault(k, []).append(v)
+        table = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "label": pa.array(y.numpy(), pa.int64()),
+                          "member": pa.array(member, pa.bool_()),
+                          **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()}})
+        meta = {"config_hash": self.hash, "shard": shard, "layers": names,
+                "params": {l["name"]: l["params"] for l in self.layers}, "depths": {l["name"]: l["depth"] for l in self.layers}}
+        self.rd.write_parquet(part_name(shard), table, meta)
+        return {"shard": shard, "rows": len(sample_ids), "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
+
+
+def shards(splits_table: pa.Table, shard_size: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Fixed shards of the audited samples, in sample-id order: (shard, sample_ids, member)."""
+    order = np.argsort(splits_table.column("sample_id").to_numpy(), kind="stable")
+    ids = splits_table.column("sample_id").to_numpy()[order]
+    member = splits_table.column("member").to_numpy(zero_copy_only=False)[order]
+    return [(i // shard_size, ids[i:i + shard_size], member[i:i + shard_size]) for i in range(0, len(ids), shard_size)]
+
+
+def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, layers: list[dict]) -> list[dict]:
+    """Write every missing part; returns one record per shard computed now (shard, rows, node, device)."""
+    todo = []
+    for shard, ids, member in shards(splits_table, cfg.features.shard_size):
+        problem = part_problem(rd, shard, hashes["features"], ids)
+        if problem is None:
+            continue
+        if problem != "missing":
+            print(f"[layerleak] extract: {part_name(shard)} is {problem}; recomputing it")
+            rd.delete(part_name(shard))
+        todo.append((shard, ids, member))
+    n_parts = -(-splits_table.num_rows // cfg.features.shard_size)
+    if not todo:
+        print(f"[layerleak] extract: all {n_parts} parts present")
+        return []
+    init_ray(cfg.ray)
+    gpus = gpus_available() if cfg.features.device != "cpu" else 0
+    n_actors = min(len(todo), gpus if gpus else cfg.ray.extract_actors)
+    actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 1,
+                           max_restarts=cfg.ray.max_retries, max_task_retries=cfg.ray.max_retries)(Extractor)
+    actors = [actor_cls.remote(cfg, rd.uri, hashes["features"], layers) for _ in range(n_actors)]
+    pool = ActorPool(actors)
+    rows = sum(len(ids) for _, ids, _ in todo)
+    start = time.perf_counter()
+    records = []
+    with tqdm(total=rows, desc=f"extract ({n_actors} {'GPU' if gpus else 'CPU'} actors)", unit="sample") as bar:
+        for rec in pool.map_unordered(lambda a, job: a.__call__.remote(*job), todo):
+            records.append(rec)
+            bar.update(rec["rows"])
+    wall = time.perf_counter() - start
+    print(f"[layerleak] extract: {rows} samples in {len(todo)} parts ({n_parts - len(todo)} reused), "
+          f"{rows / wall:.1f} rows/s with {n_actors} actors")
+    for a in actors:
+        ray.kill(a)
+    return records

@@ -1,0 +1,50 @@
+"""Which stages each subcommand runs; every stage reuses what OUT already holds for this config."""
+
+from __future__ import annotations
+
+from mia_tasks.config import Config
+from mia_tasks.featurestore import Features, load_features
+from mia_tasks.rundir import RunDir
+from mia_tasks.target import layer_table, load_target
+
+from .runtime import stage
+from .train import train_flow
+
+
+def _train(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
+    train_flow(cfg, rd, hashes)
+
+
+def _extract(cfg: Config, rd: RunDir, hashes: dict, args):
+    from .extract import extract_flow
+
+    data, splits, _ = train_flow(cfg, rd, hashes)
+    with stage("extract"):
+        layers = layer_table(load_target(cfg, rd, data), data, cfg.features.layers)
+        extract_flow(cfg, rd, hashes, splits.table, layers)
+    return splits, load_features(rd, hashes["features"])
+
+
+def _sweep(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
+    from .sweep import sweep_flow
+
+    splits, features = _extract(cfg, rd, hashes, args)
+    with stage("sweep"):
+        report = sweep_flow(cfg, rd, hashes, splits, features)
+    print_shapley(report)
+    return report
+
+
+def print_shapley(report: dict) -> None:
+    print(f"Shapley values of attack accuracy ({report['method']}, {report['repeats']} repeats; "
+          f"v(all) = {report['v_all']['mean']:.3f} ± {report['v_all']['std']:.3f}, v(∅) = 0.5)")
+    print(f"  {'player':24s} {'depth':>5} {'params':>10} {'shapley':>9} {'± std':>7}")
+    for p in report["players"]:
+        print(f"  {p['player']:24s} {p['depth']:5.1f} {p['params']:10,d} {p['shapley']:9.4f} {p['std']:7.4f}")
+
+
+def _run(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
+    _sweep(cfg, rd, hashes, args)
+
+
+STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "sweep": _sweep, "run": _run}

@@ -1,0 +1,141 @@
+"""Stage 4-5: the attack on every coalition of players, fitted by parallel actors, then Shapley values.
+
+    layerleak sweep --out runs/default
+
+Coalitions of every repeat are cut into chunks; fitter actors (the attack data shared once through
+the object store) fit a chunk with the batched logistic-regression fitter and write
+OUT/sweep/part-*.parquet rows keyed by (coalition, repeat). A rerun reads the keys present and
+submits only the missing ones; once the table is complete, OUT/shapley.json.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.util import ActorPool
+from tqdm import tqdm
+
+from mia_tasks.config import Config
+from mia_tasks.errors import LayerleakError
+from mia_tasks.featurestore import Features
+from mia_tasks.players import make_players, player_columns
+from mia_tasks.rundir import RunDir
+from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, Splits
+from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
+
+from .runtime import gpus_available, init_ray
+
+
+def attack_data(features: Features, splits: Splits, columns: list[str]) -> list[dict[str, np.ndarray]]:
+    """Per repeat: the attack-train and attack-eval matrices and membership labels."""
+    member = dict(zip(splits.table.column("sample_id").to_numpy(), splits.table.column("member").to_numpy(zero_copy_only=False)))
+    out = []
+    for r in range(splits.repeats):
+        tr, ev = splits.ids(r, ROLE_TRAIN), splits.ids(r, ROLE_EVAL)
+        out.append({"X_train": features.matrix(columns, tr), "y_train": np.array([member[i] for i in tr], np.int64),
+                    "X_eval": features.matrix(columns, ev), "y_eval": np.array([member[i] for i in ev], np.int64)})
+    return out
+
+
+class Fitter:
+    """Holds the attack data of every repeat; ``fit`` writes one chunk of coalitions as a sweep part."""
+
+    def __init__(self, data: list[dict[str, np.ndarray]], widths: list[int], out: str, config_hash: str, C: float, device: str):
+        import torch
+
+        self.data, self.rd, self.hash, self.C = data, RunDir(out), config_hash, C
+        self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        self.offsets = np.concatenate([[0], np.cumsum(widths)])
+
+    def column_masks(self, coalitions: np.ndarray) -> np.ndarray:
+        """[K, D] bool: the feature columns of the players in each coalition."""
+        n_players = len(self.offsets) - 1
+        bits = (coalitions[:, None] >> np.arange(n_players)[None, :]) & 1
+        return np.repeat(bits.astype(bool), np.diff(self.offsets), axis=1)
+
+    def fit(self, repeat: int, coalitions: np.ndarray) -> int:
+        from mia_tasks.coalitions import fit_coalitions
+
+        d = self.data[repeat]
+        res = fit_coalitions(d["X_train"], d["y_train"], d["X_eval"], d["y_eval"], self.column_masks(coalitions),
+                             C=self.C, device=self.device)
+        table = pa.table({"coalition": pa.array(coalitions, pa.int64()), "repeat": pa.array(np.full(len(coalitions), repeat), pa.int64()),
+                          **{m: pa.array(np.asarray(res[m], np.float64)) for m in METRICS}})
+        name = f"{SWEEP}/part-r{repeat:03d}-{int(coalitions[0]):09d}-{int(coalitions[-1]):09d}.parquet"
+        self.rd.write_parquet(name, table, {"config_hash": self.hash})
+        return len(coalitions)
+
+
+def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
+    """Fit every missing (coalition, repeat), then write OUT/shapley.json; returns its content."""
+    players = make_players(cfg.sweep.players, features.layers)
+    L = len(players)
+    if cfg.sweep.method == "exact" and L > cfg.sweep.max_exact_players:
+        raise LayerleakError(f"{L} players is too many for an exact sweep (2^{L} coalitions; sweep.max_exact_players="
+                             f"{cfg.sweep.max_exact_players}): group layers into players (--set sweep.players=groups) "
+                             f"or estimate by sampling (--set sweep.method=sampled)")
+    cols = player_columns(players, cfg.sweep.kinds)
+    data = attack_data(features, splits, [c for pc in cols for c in pc])
+    fitters: list = []
+
+    def evaluate(repeat_masks: dict[int, np.ndarray]) -> None:
+        """Fit the given coalitions of each repeat through the actor pool, in chunks (one part each)."""
+        jobs = [(r, masks[i:i + cfg.sweep.chunk_size]) for r, masks in repeat_masks.items()
+                for i in range(0, len(masks), cfg.sweep.chunk_size)]
+        if not jobs:
+            return
+        if not fitters:
+            init_ray(cfg.ray)
+            gpus = gpus_available() if cfg.sweep.device != "cpu" else 0
+            cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
+                             max_task_retries=cfg.ray.max_retries)(Fitter)
+            ref = ray.put(data)
+            n = gpus if gpus else cfg.ray.fit_actors
+            fitters.extend(cls.remote(ref, [len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
+                           for _ in range(min(n, len(jobs))))
+        total = sum(len(m) for _, m in jobs)
+        start = time.perf_counter()
+        with tqdm(total=total, desc=f"sweep ({len(fitters)} fitters)", unit="coalition") as bar:
+            for n_done in ActorPool(fitters).map_unordered(lambda a, job: a.fit.remote(*job), jobs):
+                bar.update(n_done)
+        print(f"[layerleak] sweep: {total} coalition fits in {time.perf_counter() - start:.1f}s")
+
+    table = read_sweep(rd, hashes["sweep"])
+    if cfg.sweep.method == "exact":
+        all_masks = np.arange(1, 2 ** L, dtype=np.int64)
+        missing = {}
+        for r in range(splits.repeats):
+            have = table.get(r, {})
+            todo = all_masks[~np.isin(all_masks, np.fromiter(have.keys(), np.int64, len(have)))]
+            if len(todo):
+                missing[r] = todo
+        n_have = sum(len(v) for v in table.values())
+        if missing:
+            print(f"[layerleak] sweep: {L} players, {splits.repeats} repeats: {n_have} of {len(all_masks) * splits.repeats} "
+                  f"(coalition, repeat) keys present, fitting {sum(len(v) for v in missing.values())}")
+        evaluate(missing)
+        table = read_sweep(rd, hashes["sweep"])
+        sampled = None
+    else:
+        from mia_tasks.shapley import sampled_shapley
+
+        sampled = []
+        for r in range(splits.repeats):
+            def value_fn(masks: np.ndarray, r: int = r) -> np.ndarray:
+                have = read_sweep(rd, hashes["sweep"]).get(r, {})
+                todo = np.array([m for m in masks if m and m not in have], np.int64)
+                evaluate({r: np.unique(todo)} if len(todo) else {})
+                have = read_sweep(rd, hashes["sweep"]).get(r, {})
+                return np.array([0.5 if m == 0 else have[m]["accuracy"] for m in masks])
+            sampled.append(sampled_shapley(value_fn, L, max_permutations=cfg.sweep.permutations, tol=cfg.sweep.tol,
+                                           seed=cfg.seed + r))
+        table = read_sweep(rd, hashes["sweep"])
+    for f in fitters:
+        ray.kill(f)
+    report = shapley_report(table, players, features, cfg, hashes["sweep"], sampled)
+    rd.write_json("shapley.json", report)
+    return report

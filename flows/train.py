@@ -1,0 +1,91 @@
+"""Stages 1-2: membership splits and the target model (trained in a Ray task, on a GPU when one exists).
+
+    layerleak train --out runs/default
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from mia_tasks.config import Config
+from mia_tasks.data import ImageData, load_dataset
+from mia_tasks.errors import LayerleakError
+from mia_tasks.rundir import RunDir
+from mia_tasks.splits import Splits, make_splits
+from mia_tasks.target import build_target, load_target, save_target
+from mia_tasks.train import accuracy, resolve_device, train_target
+
+from .runtime import gpus_available, init_ray, stage
+
+SPLITS = "splits.parquet"
+MEMBERS = "target/members.parquet"
+METRICS = "target/metrics.json"
+
+
+def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits:
+    """Draw (or reuse) OUT/splits.parquet and the target's member list."""
+    if rd.exists(SPLITS) and rd.exists(MEMBERS) and rd.parquet_metadata(SPLITS).get("config_hash") == hashes["splits"]:
+        return Splits(rd.read_parquet(MEMBERS).column("sample_id").to_numpy(), rd.read_parquet(SPLITS))
+    splits = make_splits(data.train_y.numpy(), data.test_y.numpy(), cfg.split, cfg.seed, pretrained=bool(cfg.model.checkpoint))
+    meta = {"config_hash": hashes["splits"], "n_train": data.n_train, "repeats": cfg.split.repeats}
+    rd.write_parquet(MEMBERS, pa.table({"sample_id": pa.array(splits.target_members, pa.int64())}), meta)
+    rd.write_parquet(SPLITS, splits.table, meta)
+    return splits
+
+
+@ray.remote(max_retries=2)
+def _train_task(cfg: Config, out: str, member_ids: np.ndarray) -> dict:
+    from ray.experimental.tqdm_ray import tqdm
+
+    rd = RunDir(out)
+    data = load_dataset(cfg.dataset)
+    model = build_target(cfg, data)
+    bar = tqdm(total=cfg.train.epochs, desc="train target")
+
+    def progress(epoch: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_description(f"train target (loss {loss:.3f})")
+
+    metrics = train_target(model, data, member_ids, cfg.train, cfg.seed, progress)
+    bar.close()
+    save_target(model, rd)
+    return metrics
+
+
+def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: Splits) -> dict:
+    """Train the target (or measure a pretrained one); OUT/target/metrics.json; skipped when already made."""
+    if rd.exists(METRICS):
+        metrics = rd.read_json(METRICS)
+        if metrics.get("config_hash") == hashes["target"]:
+            print(f"[layerleak] target: reusing {rd.uri}/target (train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f})")
+            return metrics
+    if cfg.model.checkpoint:
+        model = load_target(cfg, rd, data)
+        device = resolve_device(cfg.train.device)
+        model.to(device)
+        x, y = data.images(splits.target_members)
+        metrics = {"train_accuracy": accuracy(model, data, x, y, device),
+                   "test_accuracy": accuracy(model, data, data.test_x, data.test_y, device),
+                   "members": int(len(y)), "test_size": int(len(data.test_y)), "epochs": 0,
+                   "checkpoint": cfg.model.checkpoint, "device": str(device), "wall_s": 0.0}
+    else:
+        init_ray(cfg.ray)
+        gpu = 1 if gpus_available() and cfg.train.device != "cpu" else 0
+        metrics = ray.get(_train_task.options(num_gpus=gpu).remote(cfg, rd.uri, splits.target_members))
+    metrics.update(config_hash=hashes["target"], dataset=cfg.dataset.name, arch=cfg.model.arch,
+                   overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
+    rd.write_json(METRICS, metrics)
+    print(f"[layerleak] target: train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f} "
+          f"({metrics['members']} members, {metrics['epochs']} epochs, {metrics['wall_s']}s)")
+    return metrics
+
+
+def train_flow(cfg: Config, rd: RunDir, hashes: dict) -> tuple[ImageData, Splits, dict]:
+    with stage("splits"):
+        data = load_dataset(cfg.dataset)
+        splits = run_splits(cfg, rd, hashes, data)
+    with stage("target"):
+        metrics = run_target(cfg, rd, hashes, data, splits)
+    return data, splits, metrics

@@ -1,0 +1,257 @@
+"""Datasets (a registry), loaded once into uint8 tensors [N, C, H, W] plus int64 labels.
+
+``load_dataset(cfg.dataset)`` returns an ``ImageData`` with the train and test splits and the
+per-channel normalisation. ``digits`` (scikit-learn's bundled set) needs no files; the others read a
+local root and never download unless the config asks.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import LayerleakError
+
+NORMALISATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+}
+
+
+@dataclass
+class ImageData:
+    """Train and test images as uint8 [N, C, H, W], labels int64 [N], and input normalisation."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train_x.shape[1])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.train_x.shape[2])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+    @cached_property
+    def _all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.train_x, self.test_x]), torch.cat([self.train_y, self.test_y])
+
+    def images(self, sample_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of global sample ids (train ids first, then test ids offset by n_train)."""
+        ids = torch.from_numpy(np.array(sample_ids, dtype=np.int64))
+        x, y = self._all
+        return x[ids], y[ids]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images to the float inputs the target model sees."""
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+
+def _require_root(name: str, root: str | None) -> Path:
+    if not root:
+        raise LayerleakError(f"dataset {name!r} needs dataset.root (a local folder); set it with --set dataset.root=DIR")
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise LayerleakError(f"dataset root {path} does not exist (dataset {name!r}); check dataset.root")
+    return path
+
+
+def _digits(cfg) -> tuple:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(12345).permutation(len(y))  # a fixed train/test split of the data itself
+    train, test = order[:1300], order[1300:]
+    return x[train], y[train], x[test], y[test], 10
+
+
+CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
+}
+
+
+def _cifar(name: str) -> Callable:
+    """The python-version CIFAR batches under ``root`` (torchvision's layout); torchvision downloads on request."""
+    folder, train_files, test_files, label_key, tv_name = CIFAR_LAYOUT[name]
+
+    def load(cfg) -> tuple:
+        import pickle
+
+        root = Path(cfg.root).expanduser() if cfg.root else None
+        if cfg.download and root is not None:
+            import torchvision
+
+            getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+        root = _require_root(name, cfg.root)
+        base = root / folder if (root / folder).is_dir() else root
+        missing = [f for f in train_files + test_files if not (base / f).is_file()]
+        if missing:
+            raise LayerleakError(f"dataset {name}: {', '.join(missing)} not found under {root}/{folder}; point dataset.root at "
+                                 f"the folder holding {folder}/ (torchvision's layout), or set dataset.download=true where the internet is reachable")
+
+        def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+            xs, ys = [], []
+            for f in files:
+                with open(base / f, "rb") as fh:
+                    batch = pickle.load(fh, encoding="latin1")
+                xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[label_key], dtype=np.int64))
+            return np.concatenate(xs), np.concatenate(ys)
+
+        train_x, train_y = read(train_files)
+        test_x, test_y = read(test_files)
+        return train_x, train_y, test_x, test_y, 10 if name == "cifar10" else 100
+    return load
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise LayerleakError(f"{path} is not an idx file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise LayerleakError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+def _fashion_mnist(cfg) -> tuple:
+    root = _require_root("fashion-mnist", cfg.root)
+    stems = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+             "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+    found = {}
+    for key, stem in stems.items():
+        for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+            for name in (stem, stem + ".gz"):
+                if (folder / name).is_file():
+                    found[key] = folder / name
+                    break
+            if key in found:
+                break
+        if key not in found:
+            raise LayerleakError(f"fashion-mnist: {stem}[.gz] not found under {root} (nor FashionMNIST/raw/); "
+                                 f"Debian's dataset-fashion-mnist installs them in /usr/share/datasets/fashion-mnist")
+    arr = {k: _read_idx(p) for k, p in found.items()}
+    return arr["train_x"][:, None], arr["train_y"].astype(np.int64), arr["test_x"][:, None], arr["test_y"].astype(np.int64), 10
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(blob)) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _imagefolder_entries(root: Path) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
+    """{'train': [(class, reader), ...], 'test': [...]} from a folder or a .tar(.gz) archive."""
+    entries: dict[str, list] = {"train": [], "test": []}
+    exts = (".jpg", ".jpeg", ".png", ".bmp")
+    if root.is_file() and tarfile.is_tarfile(root):
+        tar = tarfile.open(root)
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if member.isfile() and member.name.lower().endswith(exts) and len(parts) >= 3 and parts[-3] in entries:
+                entries[parts[-3]].append((parts[-2], lambda m=member: tar.extractfile(m).read()))
+    else:
+        for split in entries:
+            for path in sorted((root / split).glob("*/*")):
+                if path.suffix.lower() in exts:
+                    entries[split].append((path.parent.name, path.read_bytes))
+    return entries
+
+
+def _imagefolder(cfg) -> tuple:
+    root = _require_root("imagefolder", cfg.root)
+    stat = root.stat()
+    key = hashlib.sha256(f"{root.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("LAYERLEAK_CACHE", Path.home() / ".cache" / "layerleak")) / f"imagefolder-{key}.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return z["train_x"], z["train_y"], z["test_x"], z["test_y"], int(z["classes"])
+    entries = _imagefolder_entries(root)
+    if not entries["train"] or not entries["test"]:
+        raise LayerleakError(f"imagefolder root {root} needs train/<class>/*.jpg and test/<class>/*.jpg (a folder or a .tar.gz of one)")
+    classes = sorted({c for split in entries.values() for c, _ in split})
+    index = {c: i for i, c in enumerate(classes)}
+    out = []
+    for split in ("train", "test"):
+        items = sorted(entries[split], key=lambda e: e[0])
+        x = np.stack([_decode(read()) for _, read in items]).transpose(0, 3, 1, 2)
+        y = np.asarray([index[c] for c, _ in items], dtype=np.int64)
+        out += [np.ascontiguousarray(x), y]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, train_x=out[0], train_y=out[1], test_x=out[2], test_y=out[3], classes=len(classes))
+    os.replace(tmp, cache)
+    return (*out, len(classes))
+
+
+def _synthetic(cfg) -> tuple:
+    """Class templates plus noise: learnable, small, made on the spot (for tests)."""
+    rng = np.random.default_rng(2024)
+    k, c, s = cfg.synthetic_classes, cfg.synthetic_channels, cfg.synthetic_size
+    templates = rng.uniform(40, 215, size=(k, c, s, s))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % k
+        rng.shuffle(y)
+        x = templates[y] + rng.normal(0, 60, size=(n, c, s, s))
+        return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
+
+    return (*draw(cfg.synthetic_train), *draw(cfg.synthetic_test), k)
+
+
+DATASETS: dict[str, Callable] = {
+    "digits": _digits,
+    "cifar10": _cifar("cifar10"),
+    "cifar100": _cifar("cifar100"),
+    "fashion-mnist": _fashion_mnist,
+    "imagefolder": _imagefolder,
+    "synthetic": _synthetic,
+}
+
+
+def load_dataset(cfg) -> ImageData:
+    """Load the configured dataset once into uint8 tensors; bad roots raise LayerleakError."""
+    if cfg.name not in DATASETS:
+        raise LayerleakError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
+    train_x, train_y, test_x, test_y, classes = DATASETS[cfg.name](cfg)
+    channels = train_x.shape[1]
+    mean, std = NORMALISATION.get(cfg.name, ((0.5,) * channels, (0.25,) * channels))
+    mean = tuple(cfg.mean) if cfg.mean is not None else mean
+    std = tuple(cfg.std) if cfg.std is not None else std
+    if len(mean) != channels or len(std) != channels:
+        raise LayerleakError(f"dataset.mean/std need {channels} value(s) for {cfg.name!r}, got {len(mean)}/{len(std)}")
+    t = lambda a, dt: torch.from_numpy(np.array(a, copy=True)).to(dt)
+    return ImageData(cfg.name, t(train_x, torch.uint8), t(train_y, torch.int64), t(test_x, torch.uint8),
+                     t(test_y, torch.int64), int(classes), mean, std)

@@ -1,0 +1,89 @@
+"""OUT/sweep: rows keyed by (coalition, repeat), read back with validation, and shapley.json built from them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .featurestore import Features
+from .rundir import RunDir
+
+SWEEP = "sweep"
+METRICS = ("accuracy", "auc", "tpr@1%", "tpr@0.1%")
+
+
+def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, float]]]:
+    """{repeat: {coalition: {metric: value}}} from every valid part; invalid parts are reported and removed."""
+    out: dict[int, dict[int, dict[str, float]]] = {}
+    for name in rd.listdir(SWEEP, ".parquet"):
+        rel = f"{SWEEP}/{name}"
+        try:
+            meta = rd.parquet_metadata(rel)
+            if meta.get("config_hash") != config_hash:
+                raise ValueError(f"made by another config (hash {meta.get('config_hash')})")
+            t = rd.read_parquet(rel)
+            cols = {c: t.column(c).to_numpy() for c in ("coalition", "repeat", *METRICS)}
+        except (OSError, pa.ArrowException, ValueError, KeyError) as e:
+            print(f"[layerleak] sweep: {rel} is not a valid part ({str(e).splitlines()[0][:80]}); removing it, its keys will be refitted")
+            rd.delete(rel)
+            continue
+        for i, (c, r) in enumerate(zip(cols["coalition"], cols["repeat"])):
+            out.setdefault(int(r), {})[int(c)] = {m: float(cols[m][i]) for m in METRICS}
+    return out
+
+
+def value_table(rows: dict[int, dict[str, float]], n_players: int, metric: str = "accuracy", empty: float = 0.5) -> np.ndarray:
+    """v(S) for all 2^L masks from one repeat's rows, v(∅) = ``empty``; raises if a coalition is missing."""
+    values = np.full(2 ** n_players, np.nan)
+    values[0] = empty
+    for mask, row in rows.items():
+        if 0 < mask < len(values):
+            values[mask] = row[metric]
+    if np.isnan(values).any():
+        raise ValueError(f"{int(np.isnan(values).sum())} coalitions are missing from the sweep")
+    return values
+
+
+def shapley_report(table: dict, players: dict[str, list[str]], features: Features, cfg, config_hash: str,
+                   sampled: list | None = None) -> dict:
+    """The content of shapley.json: per player, Shapley value (mean, std over repeats), layers, parameters, depth."""
+    from .shapley import exact_shapley
+
+    L, names, R = len(players), list(players), len(table)
+    per_metric = {}
+    if sampled is None:
+        for metric, empty in (("accuracy", 0.5), ("auc", 0.5)):
+            tables = np.stack([value_table(table[r], L, metric, empty) for r in sorted(table)])
+            per_metric[metric] = (np.stack([exact_shapley(t) for t in tables]), tables[:, -1], None)
+    else:
+        values = np.stack([s.values for s in sampled])
+        full = 2 ** L - 1
+        v_all = np.array([table[r][full]["accuracy"] if full in table.get(r, {}) else np.nan for r in sorted(table)])
+        per_metric["accuracy"] = (values, v_all, np.stack([s.stderr for s in sampled]))
+    phi, v_all, stderr = per_metric["accuracy"]
+    out_players = []
+    for i, name in enumerate(names):
+        layers = players[name]
+        entry = {"player": name, "layers": layers, "params": int(sum(features.params[l] for l in layers)),
+                 "depth": float(np.mean([features.depths[l] for l in layers])),
+                 "shapley": float(phi[:, i].mean()), "std": float(phi[:, i].std(ddof=1)) if R > 1 else 0.0,
+                 "per_repeat": [float(v) for v in phi[:, i]]}
+        if stderr is not None:
+            entry["stderr"] = float(np.sqrt((stderr[:, i] ** 2).mean() / R))
+        if "auc" in per_metric:
+            entry["shapley_auc"] = float(per_metric["auc"][0][:, i].mean())
+            entry["std_auc"] = float(per_metric["auc"][0][:, i].std(ddof=1)) if R > 1 else 0.0
+        out_players.append(entry)
+    return {
+        "config_hash": config_hash,
+        "method": "exact" if sampled is None else "sampled",
+        "metric": "accuracy",
+        "players": out_players,
+        "kinds": list(cfg.sweep.kinds),
+        "repeats": R,
+        "v_empty": 0.5,
+        "v_all": {"mean": float(np.nanmean(v_all)), "std": float(np.nanstd(v_all, ddof=1)) if R > 1 else 0.0},
+        "efficiency_gap": float(np.abs(phi.sum(axis=1) - (v_all - 0.5)).max()) if sampled is None else None,
+        "coalitions": int(sum(len(t) for t in table.values())),
+        "n_permutations": [int(s.n_permutations) for s in sampled] if sampled else None,
+    }

@@ -1,0 +1,52 @@
+"""The target model of a run: built from the config, trained here or loaded from a checkpoint."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+from .data import ImageData
+from .errors import LayerleakError
+from .models import audited_layers, build, load_checkpoint, param_count
+from .rundir import RunDir
+
+CHECKPOINT = "target/model.pt"
+
+
+def build_target(cfg, data: ImageData) -> nn.Module:
+    """An untrained model of the configured architecture, shaped for the dataset."""
+    return build(cfg.model.arch, data.num_classes, data.in_channels, input_size=data.input_size, **cfg.model.options)
+
+
+def load_target(cfg, rd: RunDir, data: ImageData) -> nn.Module:
+    """The run's target in eval mode: the user's checkpoint, or the one the target stage saved in OUT."""
+    model = build_target(cfg, data)
+    if cfg.model.checkpoint:
+        load_checkpoint(model, cfg.model.checkpoint, trusted=cfg.model.trust_checkpoint)
+    else:
+        if not rd.exists(CHECKPOINT):
+            raise LayerleakError(f"no trained target in {rd.uri}/target; run 'layerleak train' first (or 'layerleak run')")
+        state = torch.load(io.BytesIO(rd.read_bytes(CHECKPOINT)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def save_target(model: nn.Module, rd: RunDir) -> None:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    rd.write_bytes(CHECKPOINT, buf.getvalue())
+
+
+def layer_table(model: nn.Module, data: ImageData, layers: list[str] | None = None) -> list[dict]:
+    """Audited layers in forward order with depth (1-based) and parameter count."""
+    example = data.normalise(data.train_x[:2])
+    order = audited_layers(model, example)
+    if layers:
+        unknown = [l for l in layers if l not in order]
+        if unknown:
+            raise LayerleakError(f"features.layers: unknown layer(s) {unknown}; the model has {', '.join(order)}")
+        order = [l for l in order if l in set(layers)]
+    return [{"name": n, "depth": i + 1, "params": param_count(model, n), "type": type(model.get_submodule(n)).__name__}
+            for i, n in enumerate(order)]
