@@ -220,12 +220,12 @@ def _synthetic(cfg) -> tuple:
     """Class templates plus noise: learnable, small, made on the spot (for tests)."""
     rng = np.random.default_rng(2024)
     k, c, s = cfg.synthetic_classes, cfg.synthetic_channels, cfg.synthetic_size
-    templates = rng.uniform(40, 215, size=(k, c, s, s))
+    templates = rng.uniform(100, 155, size=(k, c, s, s))
 
     def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
         y = np.arange(n) % k
         rng.shuffle(y)
-        x = templates[y] + rng.normal(0, 60, size=(n, c, s, s))
+        x = templates[y] + rng.normal(0, 70, size=(n, c, s, s))
         return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
 
     return (*draw(cfg.synthetic_train), *draw(cfg.synthetic_test), k)
