@@ -35,6 +35,17 @@ def _sweep(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
     return report
 
 
+def _attack(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
+    from .attack import attack_flow
+
+    splits, features = _extract(cfg, rd, hashes, args)
+    name = args.attack or cfg.attack.name
+    layers = [l for l in args.layers.split(",") if l] if args.layers else cfg.attack.layers
+    kinds = [k for k in args.features.split(",") if k] if args.features else list(cfg.attack.kinds)
+    with stage(f"attack ({name})"):
+        return attack_flow(cfg, rd, hashes, splits, features, name, layers, kinds)
+
+
 def print_shapley(report: dict) -> None:
     print(f"Shapley values of attack accuracy ({report['method']}, {report['repeats']} repeats; "
           f"v(all) = {report['v_all']['mean']:.3f} ± {report['v_all']['std']:.3f}, v(∅) = 0.5)")
@@ -47,4 +58,4 @@ def _run(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
     _sweep(cfg, rd, hashes, args)
 
 
-STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "sweep": _sweep, "run": _run}
+STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "attack": _attack, "sweep": _sweep, "run": _run}

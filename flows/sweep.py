@@ -44,10 +44,13 @@ def attack_data(features: Features, splits: Splits, columns: list[str]) -> list[
 class Fitter:
     """Holds the attack data of every repeat; ``fit`` writes one chunk of coalitions as a sweep part."""
 
-    def __init__(self, data: list[dict[str, np.ndarray]], widths: list[int], out: str, config_hash: str, C: float, device: str):
+    def __init__(self, data_ref: list, widths: list[int], out: str, config_hash: str, C: float, device: str):
         import torch
 
-        self.data, self.rd, self.hash, self.C = data, RunDir(out), config_hash, C
+        # The attack data travels once through the object store; the ref comes wrapped in a list so
+        # that a restarted actor resolves it again instead of Ray inlining it into the constructor.
+        self.data = ray.get(data_ref[0])
+        self.rd, self.hash, self.C = RunDir(out), config_hash, C
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
         self.offsets = np.concatenate([[0], np.cumsum(widths)])
 
@@ -81,6 +84,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
     cols = player_columns(players, cfg.sweep.kinds)
     data = attack_data(features, splits, [c for pc in cols for c in pc])
     fitters: list = []
+    data_ref: list = []  # keeps the attack data alive in the object store while fitters may restart
 
     def evaluate(repeat_masks: dict[int, np.ndarray]) -> None:
         """Fit the given coalitions of each repeat through the actor pool, in chunks (one part each)."""
@@ -93,9 +97,9 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
             gpus = gpus_available() if cfg.sweep.device != "cpu" else 0
             cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
                              max_task_retries=cfg.ray.max_retries)(Fitter)
-            ref = ray.put(data)
+            data_ref.append(ray.put(data))
             n = gpus if gpus else cfg.ray.fit_actors
-            fitters.extend(cls.remote(ref, [len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
+            fitters.extend(cls.remote(data_ref, [len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)
         start = time.perf_counter()

@@ -30,20 +30,53 @@ def tiny_args(out: Path, *extra: str) -> list[str]:
     return args
 
 
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the installed ``layerleak`` command as a user would."""
+    """Run the ``layerleak`` command as a user would (joining the test cluster when one is up)."""
     full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=full_env, timeout=timeout)
+    return subprocess.run(cli_cmd(*args), capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray instance for the in-process tests of the session."""
+def ray_head():
+    """A real Ray head node on loopback, shared by the session's CLI runs (RAY_ADDRESS) and in-process tests."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING",
-                 object_store_memory=300 * 1024 * 1024)
-    yield ray
-    ray.shutdown()
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=400000000"],
+                   check=True, capture_output=True, env=env, timeout=120)
+    address = f"127.0.0.1:{port}"
+    old = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        if old is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_run(ray_head, tmp_path_factory):
+    """A complete tiny audit (train, extract, sweep) made once through the CLI; tests read it, never change it."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    proc = run_cli("run", *tiny_args(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out

@@ -1,0 +1,66 @@
+"""One membership attack over every repeat of the attacker sets -> OUT/attacks/<name>.json.
+
+    layerleak attack --attack logistic --layers conv2,fc2 --features grad,out --out runs/default
+    layerleak attack --attack nasr --out runs/default        # trains Nasr et al.'s attack model
+
+Feature attacks read OUT/features; the Nasr attack streams raw gradients from the target, in a Ray
+task that takes a GPU where the cluster has one.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from mia_tasks.attack_runs import run_attack
+from mia_tasks.config import Config
+from mia_tasks.featurestore import Features
+from mia_tasks.rundir import RunDir
+from mia_tasks.splits import Splits
+
+from .runtime import gpus_available, init_ray
+
+
+@ray.remote(max_retries=1)
+def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers: list[str] | None) -> dict:
+    import torch
+
+    from mia_tasks.data import load_dataset
+    from mia_tasks.target import load_target
+
+    torch.set_num_threads(1)  # its many small ops gain nothing from threads on a busy CPU
+    data = load_dataset(cfg.dataset)
+    model = load_target(cfg, RunDir(out), data)
+    a = cfg.attack
+    options = {"layers": a.nasr_layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size}
+    return run_attack("nasr", features, splits, layers, model=model, data=data, nasr=options, seed=cfg.seed)
+
+
+def result_name(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str]) -> str:
+    """attacks/<name>.json for the default selection, else a name that says which layers and kinds."""
+    parts = [name]
+    if name == "logistic" and sorted(kinds) != sorted(default_kinds):
+        parts.append("+".join(kinds))
+    if layers and name in ("logistic", "nasr"):
+        parts.append("+".join(layers))
+    return "attacks/" + "-".join(parts) + ".json"
+
+
+def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
+                layers: list[str] | None, kinds: list[str]) -> dict:
+    """Run the attack, save and print mean ± std of every metric."""
+    if name == "nasr":
+        init_ray(cfg.ray)
+        gpu = 1 if gpus_available() else 0
+        result = ray.get(_nasr_task.options(num_gpus=gpu).remote(cfg, rd.uri, features, splits,
+                                                                 layers or cfg.attack.nasr_layers))
+    else:
+        result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, seed=cfg.seed)
+    result["config_hash"] = hashes["features"]
+    path = result_name(name, layers, kinds, cfg.attack.kinds)
+    rd.write_json(path, result)
+    m = result["metrics"]
+    print(f"{name} attack ({result['repeats']} repeats, {result['n_eval']} eval samples each; mean ± std):")
+    for key in ("accuracy", "balanced_accuracy", "auc", "tpr@1%", "tpr@0.1%", "far"):
+        print(f"  {key:18s} {m[key]['mean']:.4f} ± {m[key]['std']:.4f}")
+    print(f"[layerleak] attack: saved {rd.uri}/{path}")
+    return result
