@@ -95,7 +95,8 @@ def test_extract_resumes_after_driver_sigkill(tiny_run, tmp_path):
     got = pd.read_parquet(out / "features").sort_values("sample_id").reset_index(drop=True)
     want = pd.read_parquet(tiny_run / "features").sort_values("sample_id").reset_index(drop=True)
     assert list(got.columns) == list(want.columns)
-    np.testing.assert_allclose(got.drop(columns=["member"]).to_numpy(float), want.drop(columns=["member"]).to_numpy(float), rtol=1e-6, atol=1e-9)
+    # Batch size 1 against 32: the float32 target rounds differently, so equal up to float32 noise.
+    np.testing.assert_allclose(got.drop(columns=["member"]).to_numpy(float), want.drop(columns=["member"]).to_numpy(float), rtol=1e-4, atol=1e-5)
 
 
 def test_sweep_resumes_after_driver_sigkill(tiny_run, tmp_path):
