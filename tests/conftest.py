@@ -48,6 +48,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_ray_head(port: int) -> None:
+    """Stop only the Ray processes of the head on ``port`` (``ray stop`` would stop every Ray on the machine)."""
+    import signal
+
+    needles = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmd for n in needles):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 @pytest.fixture(scope="session")
 def ray_head():
     """A real Ray head node on loopback, shared by the session's CLI runs (RAY_ADDRESS) and in-process tests."""
@@ -66,7 +85,7 @@ def ray_head():
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, env=env, timeout=120)
+        stop_ray_head(port)
         if old is None:
             os.environ.pop("RAY_ADDRESS", None)
         else:
