@@ -48,12 +48,12 @@ class ModelConfig:
 
 @dataclass
 class SplitConfig:
-    members: int | None = 100  # target training set size; None = the whole train split
-    nonmembers: int = 100  # non-member pool size
+    members: int | None = 70  # target training set size; None = the whole train split
+    nonmembers: int = 70  # non-member pool size
     audit: int | None = None  # audited samples per side; None = min(members, nonmembers)
-    attack_train: int = 50  # attacker-known members (= non-members) per repeat
-    attack_eval: int = 50  # evaluation members (= non-members) per repeat
-    repeats: int = 5
+    attack_train: int = 35  # attacker-known members (= non-members) per repeat
+    attack_eval: int = 35  # evaluation members (= non-members) per repeat
+    repeats: int = 10
 
 
 @dataclass

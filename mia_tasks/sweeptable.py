@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from .featurestore import Features
 from .rundir import RunDir
+from .shapley import exact_shapley, value_table
 
 SWEEP = "sweep"
 METRICS = ("accuracy", "auc", "tpr@1%", "tpr@0.1%")
@@ -32,28 +33,20 @@ def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, fl
     return out
 
 
-def value_table(rows: dict[int, dict[str, float]], n_players: int, metric: str = "accuracy", empty: float = 0.5) -> np.ndarray:
-    """v(S) for all 2^L masks from one repeat's rows, v(∅) = ``empty``; raises if a coalition is missing."""
-    values = np.full(2 ** n_players, np.nan)
-    values[0] = empty
-    for mask, row in rows.items():
-        if 0 < mask < len(values):
-            values[mask] = row[metric]
-    if np.isnan(values).any():
-        raise ValueError(f"{int(np.isnan(values).sum())} coalitions are missing from the sweep")
-    return values
+def repeat_values(rows: dict[int, dict[str, float]], n_players: int, metric: str = "accuracy", empty: float = 0.5) -> np.ndarray:
+    """v(S) for all 2^L masks from one repeat's rows, v(∅) = ``empty``; a missing coalition is an error."""
+    masks = np.fromiter(rows.keys(), np.int64, len(rows))
+    return value_table(masks, np.array([rows[m][metric] for m in masks]), n_players, empty)
 
 
 def shapley_report(table: dict, players: dict[str, list[str]], features: Features, cfg, config_hash: str,
                    sampled: list | None = None) -> dict:
     """The content of shapley.json: per player, Shapley value (mean, std over repeats), layers, parameters, depth."""
-    from .shapley import exact_shapley
-
     L, names, R = len(players), list(players), len(table)
     per_metric = {}
     if sampled is None:
         for metric, empty in (("accuracy", 0.5), ("auc", 0.5)):
-            tables = np.stack([value_table(table[r], L, metric, empty) for r in sorted(table)])
+            tables = np.stack([repeat_values(table[r], L, metric, empty) for r in sorted(table)])
             per_metric[metric] = (np.stack([exact_shapley(t) for t in tables]), tables[:, -1], None)
     else:
         values = np.stack([s.values for s in sampled])
