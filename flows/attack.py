@@ -31,7 +31,7 @@ def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers
     data = load_dataset(cfg.dataset)
     model = load_target(cfg, RunDir(out), data)
     a = cfg.attack
-    options = {"layers": a.nasr_layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size}
+    options = {"layers": layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size}
     return run_attack("nasr", features, splits, layers, model=model, data=data, nasr=options, seed=cfg.seed)
 
 
@@ -55,7 +55,7 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
                                                                  layers or cfg.attack.nasr_layers))
     else:
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, seed=cfg.seed)
-    result["config_hash"] = hashes["features"]
+    result.update(config_hash=hashes["features"], C=cfg.attack.C)
     path = result_name(name, layers, kinds, cfg.attack.kinds)
     rd.write_json(path, result)
     m = result["metrics"]

@@ -16,8 +16,10 @@ CHECKPOINT = "target/model.pt"
 
 
 def build_target(cfg, data: ImageData) -> nn.Module:
-    """An untrained model of the configured architecture, shaped for the dataset."""
-    return build(cfg.model.arch, data.num_classes, data.in_channels, input_size=data.input_size, **cfg.model.options)
+    """An untrained model of the configured architecture, shaped for the dataset, initialised from the config seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return build(cfg.model.arch, data.num_classes, data.in_channels, input_size=data.input_size, **cfg.model.options)
 
 
 def load_target(cfg, rd: RunDir, data: ImageData) -> nn.Module:
