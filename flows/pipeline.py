@@ -54,8 +54,37 @@ def print_shapley(report: dict) -> None:
         print(f"  {p['player']:24s} {p['depth']:5.1f} {p['params']:10,d} {p['shapley']:9.4f} {p['std']:7.4f}")
 
 
+def _paper(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
+    from .paper import paper_flow
+
+    splits, features = _extract(cfg, rd, hashes, args)
+    with stage(f"paper ({args.experiment}, {args.attack})"):
+        return paper_flow(cfg, rd, hashes, splits, features, args.experiment, args.attack)
+
+
+def _report(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
+    from .report import report_flow
+
+    splits, features = _extract(cfg, rd, hashes, args)
+    with stage("report"):
+        return report_flow(cfg, rd, hashes, splits, features)
+
+
 def _run(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
-    _sweep(cfg, rd, hashes, args)
+    """The whole audit: train, extract, sweep, the seed study's experiments (logistic, cheap), then the report."""
+    from .paper import paper_flow
+    from .report import report_flow
+    from .sweep import sweep_flow
+
+    splits, features = _extract(cfg, rd, hashes, args)
+    with stage("sweep"):
+        shapley = sweep_flow(cfg, rd, hashes, splits, features)
+    print_shapley(shapley)
+    with stage("paper (all, logistic)"):
+        paper_flow(cfg, rd, hashes, splits, features, "all", "logistic")
+    with stage("report"):
+        report_flow(cfg, rd, hashes, splits, features)
 
 
-STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "attack": _attack, "sweep": _sweep, "run": _run}
+STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "attack": _attack, "sweep": _sweep, "run": _run,
+                   "paper": _paper, "report": _report}

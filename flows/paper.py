@@ -1,0 +1,163 @@
+"""The seed study's experiments (figures 3-6) on this run -> OUT/experiments/<name>-<attack>.json.
+
+    layerleak paper --experiment all --out runs/default                 # logistic attack on the features
+    layerleak paper --experiment groups-grad --attack nasr --out runs/default
+
+Logistic rows run on the driver (a few milliseconds each). Nasr rows train Nasr et al.'s attack model
+on raw gradients in parallel Ray actors (one per GPU where the cluster has them; each loads the data
+and the target once); selections whose raw gradients exceed ``experiments.NASR_MAX_GRAD_PARAMS`` per
+sample are skipped and say so (on a CIFAR AlexNet: the groups that hold its big fc layers). The shapley
+experiment is the sweep (OUT/shapley.json, logistic only). An experiment whose file holds the same
+key (features hash, attack and its settings) is reused, not rerun. One OUT is one architecture: run
+the three seed architectures as three configs into three OUT folders (see README).
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.util import ActorPool
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+from mia_tasks.config import Config
+from mia_tasks.errors import LayerleakError
+from mia_tasks.experiments import (EXPERIMENTS, NASR_MAX_GRAD_PARAMS, Selection, experiment_key, logistic_row,
+                                   nasr_options, nasr_too_big, result_path, run_experiment, selections, summary)
+from mia_tasks.featurestore import Features
+from mia_tasks.rundir import RunDir
+from mia_tasks.splits import Splits
+
+from .runtime import gpus_available, init_ray
+
+
+class NasrRunner:
+    """One Ray actor per GPU (or CPU slot): loads the data and the target once, then scores selections."""
+
+    def __init__(self, cfg: Config, out: str):
+        import torch
+
+        from mia_tasks.data import load_dataset
+        from mia_tasks.target import load_target
+
+        torch.set_num_threads(1)  # its many small ops gain nothing from threads on a busy CPU
+        self.cfg = cfg
+        self.data = load_dataset(cfg.dataset)
+        self.model = load_target(cfg, RunDir(out), self.data)
+
+    def __call__(self, features: Features, splits: Splits, sel: Selection) -> dict:
+        from mia_tasks.attack_runs import run_attack
+
+        return run_attack("nasr", features, splits, sel.layers(features.layers), model=self.model, data=self.data,
+                          nasr=nasr_options(sel, self.cfg.attack), seed=self.cfg.seed)
+
+
+def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, sels: list[Selection]) -> dict[str, dict]:
+    """{label: run_attack result} for the selections small enough for the Nasr attack, fitted by parallel actors."""
+    todo = [sel for sel in sels if nasr_too_big(sel, features.params) is None]
+    if not todo:
+        return {}
+    init_ray(cfg.ray)
+    gpus = gpus_available()
+    cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
+                     max_task_retries=cfg.ray.max_retries)(NasrRunner)
+    actors = [cls.remote(cfg, rd.uri) for _ in range(min(len(todo), gpus or cfg.ray.fit_actors))]
+    f_ref, s_ref = ray.put(features), ray.put(splits)
+    results = {}
+    with tqdm(total=len(todo), desc=f"nasr ({len(actors)} actors)", unit="selection") as bar:
+        for sel, res in zip(todo, ActorPool(actors).map(lambda a, sel: a.__call__.remote(f_ref, s_ref, sel), todo)):
+            results[sel.label] = res
+            bar.update(1)
+    for a in actors:
+        ray.kill(a)
+    return results
+
+
+def settings(cfg: Config, name: str, attack: str, features: Features) -> dict:
+    """Everything besides the features that changes an experiment's numbers."""
+    s = {"C": cfg.attack.C, "seed": cfg.seed, "layers": list(features.layers)}
+    if name == "single-layer":
+        s["kinds"] = list(cfg.sweep.kinds)
+    if attack == "nasr":
+        s["nasr"] = {"epochs": cfg.attack.nasr_epochs, "lr": cfg.attack.nasr_lr, "batch_size": cfg.attack.nasr_batch_size,
+                     "max_grad_params": NASR_MAX_GRAD_PARAMS, "use_loss": False}
+    return s
+
+
+def reusable(rd: RunDir, path: str, key: str) -> dict | None:
+    """The saved experiment at ``path`` when it holds ``key``, else None."""
+    if not rd.exists(path):
+        return None
+    try:
+        record = rd.read_json(path)
+    except ValueError:
+        return None
+    return record if record.get("key") == key else None
+
+
+def run_one(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str, attack: str) -> dict:
+    """One experiment with one attack: reused from OUT when its key matches, else computed and saved."""
+    sets = settings(cfg, name, attack, features)
+    key = experiment_key(hashes["features"], name, attack, sets)
+    path = result_path(name, attack)
+    record = reusable(rd, path, key)
+    if record is not None:
+        print(f"[layerleak] paper: {name} ({attack}): reusing {rd.uri}/{path}")
+        return record
+    sels = selections(name, features.layers, cfg.sweep.kinds)
+    if attack == "logistic":
+        row_fn = lambda sel: logistic_row(sel, features, splits, cfg.attack.C, cfg.seed)  # noqa: E731
+    else:
+        results = _nasr_results(cfg, rd, features, splits, sels)
+
+        def row_fn(sel: Selection) -> dict | str:
+            return nasr_too_big(sel, features.params) or results[sel.label]
+
+    with threadpool_limits(1):  # tiny lbfgs fits: BLAS threads only contend (3x slower on a busy 2-core box)
+        record = run_experiment(name, attack, sels, features, row_fn, hashes["features"], key, sets)
+    rd.write_json(path, record)
+    print_experiment(record)
+    print(f"[layerleak] paper: saved {rd.uri}/{path}")
+    return record
+
+
+def print_experiment(record: dict) -> None:
+    print(f"{record['experiment']} ({record['attack']} attack; accuracy mean ± std over n repeats):")
+    for row in summary(record):
+        if row["skipped"]:
+            print(f"  {row['label']:32s} {row['skipped']}")
+        else:
+            print(f"  {row['label']:32s} {row['mean']:.4f} ± {row['std']:.4f} (n={row['n']})")
+
+
+def shapley_experiment(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
+    """Figure 6 is the sweep: OUT/shapley.json when it matches this config, else the sweep stage runs."""
+    if rd.exists("shapley.json"):
+        report = rd.read_json("shapley.json")
+        if report.get("config_hash") == hashes["sweep"]:
+            print(f"[layerleak] paper: shapley: reusing {rd.uri}/shapley.json")
+            return report
+    from .pipeline import print_shapley
+    from .sweep import sweep_flow
+
+    report = sweep_flow(cfg, rd, hashes, splits, features)
+    print_shapley(report)
+    return report
+
+
+def paper_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, experiment: str = "all",
+               attack: str = "logistic") -> dict[str, dict]:
+    """Run the chosen experiment(s) (``all``: the four) with ``attack``; {name: record}."""
+    names = [*EXPERIMENTS, "shapley"] if experiment == "all" else [experiment]
+    if attack not in ("logistic", "nasr"):
+        raise LayerleakError(f"paper --attack {attack!r}: choose logistic or nasr")
+    out = {}
+    for name in names:
+        if name == "shapley":
+            if attack != "logistic":
+                print("[layerleak] paper: shapley: the sweep fits the logistic attack on every coalition (2^L fits); "
+                      "there is no nasr version, skipping it")
+                continue
+            out[name] = shapley_experiment(cfg, rd, hashes, splits, features)
+        else:
+            out[name] = run_one(cfg, rd, hashes, splits, features, name, attack)
+    return out

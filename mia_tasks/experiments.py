@@ -1,0 +1,150 @@
+"""The seed study's experiments (its figures 3-5) as feature selections, each scored by ``run_attack``.
+
+    groups-grad   gradients of every suffix of the layer list: the last layer, the last two, ..., all
+                  (the seed's groups; every one holds the last layer, so the trend is confounded)
+    groups-out    last-layer gradient; + last-layer output; + all outputs; all gradients + all outputs
+    single-layer  each layer alone (the sweep's feature kinds), mean ± std over repeats
+
+Figure 6 (Shapley per layer) is the sweep itself (OUT/shapley.json). A ``Selection`` names, per
+feature kind, the layers whose statistics the attack reads. The logistic attack runs on a view of
+the features table holding only those columns, so a selection that is a plain layers × kinds
+product gives exactly ``run_attack("logistic", features, splits, layers, kinds)``. The Nasr attack
+reads the same layers' raw weight gradients and output activations (plus the label; not the loss,
+so a row measures the layers alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .attack_runs import run_attack
+from .errors import LayerleakError
+from .featurestore import Features
+from .splits import Splits
+
+EXPERIMENTS = ("groups-grad", "groups-out", "single-layer")
+ALL_EXPERIMENTS = (*EXPERIMENTS, "shapley")
+EXPERIMENT_ATTACKS = ("logistic", "nasr")
+EXPERIMENTS_DIR = "experiments"
+# The Nasr attack model convolves each raw per-sample weight gradient: a selection whose gradients hold
+# more parameters than this per sample is skipped (a CIFAR AlexNet's fc layers alone hold ~50M).
+NASR_MAX_GRAD_PARAMS = 2_000_000
+
+DESCRIPTIONS = {
+    "groups-grad": "gradient statistics of every suffix of the layer list (last layer, last 2, ..., all); every group "
+                   "holds the last layer, so a rise with group size measures what earlier layers add to it, not that "
+                   "later layers leak more",
+    "groups-out": "last-layer gradient; + last-layer output; + all layers' outputs; all gradients + all outputs",
+    "single-layer": "each layer's features alone, mean ± std over the attacker-set repeats",
+    "shapley": "exact (or sampled) Shapley value of each player from the sweep of every coalition (OUT/shapley.json)",
+}
+
+
+@dataclass
+class Selection:
+    """One bar of an experiment: the layers whose gradient (``grad``) and output (``out``) features the attack reads."""
+
+    label: str
+    grad: list[str] = field(default_factory=list)
+    out: list[str] = field(default_factory=list)
+
+    def layers(self, order: Sequence[str]) -> list[str]:
+        """Every layer the selection touches, in forward ``order``."""
+        used = set(self.grad) | set(self.out)
+        return [l for l in order if l in used]
+
+    def kinds(self) -> list[str]:
+        return [k for k in ("grad", "out") if getattr(self, k)]
+
+    def columns(self, features: Features, stats: Sequence[str]) -> list[str]:
+        """The feature columns, in the table's order (kind.layer.stat)."""
+        wanted = {f"{k}.{l}.{s}" for k in ("grad", "out") for l in getattr(self, k) for s in stats}
+        return [c for c in features.table.column_names if c in wanted]
+
+
+def selections(name: str, layers: Sequence[str], single_kinds: Sequence[str] = ("grad",)) -> list[Selection]:
+    """The bars of experiment ``name`` over ``layers`` (forward order)."""
+    layers = list(layers)
+    if not layers:
+        raise LayerleakError("no audited layers to run experiments on")
+    last = layers[-1]
+    if name == "groups-grad":
+        return [Selection(f"last {k}" if k > 1 else "last layer", grad=layers[-k:]) for k in range(1, len(layers) + 1)]
+    if name == "groups-out":
+        return [Selection("last-layer gradient", grad=[last]),
+                Selection("+ last-layer output", grad=[last], out=[last]),
+                Selection("+ all outputs", grad=[last], out=layers),
+                Selection("all gradients + all outputs", grad=layers, out=layers)]
+    if name == "single-layer":
+        return [Selection(l, **{k: [l] for k in single_kinds}) for l in layers]
+    raise LayerleakError(f"unknown experiment {name!r}; choose one of {', '.join(ALL_EXPERIMENTS)}")
+
+
+def features_view(features: Features, sel: Selection) -> Features:
+    """The features with only the selection's feature columns (plus ids, labels, membership, loss)."""
+    stats = sorted({c.rsplit(".", 1)[1] for c in features.table.column_names if c.startswith(("grad.", "out."))})
+    keep = [c for c in ("sample_id", "label", "member", "loss") if c in features.table.column_names]
+    cols = sel.columns(features, stats)
+    if not cols:
+        raise LayerleakError(f"the features table has no columns for {sel.label!r} (grad {sel.grad}, out {sel.out})")
+    return Features(features.table.select(keep + cols), sel.layers(features.layers), features.params, features.depths)
+
+
+def logistic_row(sel: Selection, features: Features, splits: Splits, C: float, seed: int) -> dict:
+    """``run_attack('logistic', ...)`` on the selection's columns."""
+    view = features_view(features, sel)
+    return run_attack("logistic", view, splits, sel.layers(features.layers), sel.kinds(), C=C, seed=seed)
+
+
+def nasr_options(sel: Selection, attack_cfg: Any) -> dict:
+    """NasrAttack options for a selection: its gradient layers and output activations, the label, no loss."""
+    return {"layers": list(sel.grad), "outputs": list(sel.out), "use_loss": False, "use_label": True,
+            "epochs": attack_cfg.nasr_epochs, "lr": attack_cfg.nasr_lr, "batch_size": attack_cfg.nasr_batch_size}
+
+
+def nasr_too_big(sel: Selection, params: dict[str, int]) -> str | None:
+    """Why the Nasr attack skips a selection (raw gradients too large), or None."""
+    n = sum(params[l] for l in sel.grad)
+    if n > NASR_MAX_GRAD_PARAMS:
+        return f"skipped: {n:,} gradient parameters per sample exceed the Nasr attack's budget ({NASR_MAX_GRAD_PARAMS:,})"
+    return None
+
+
+def experiment_key(features_hash: str, name: str, attack: str, settings: dict) -> str:
+    """Identifies a result: reused only when features, experiment, attack and its settings all match."""
+    blob = json.dumps({"features": features_hash, "experiment": name, "attack": attack, **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def result_path(name: str, attack: str) -> str:
+    return f"{EXPERIMENTS_DIR}/{name}-{attack}.json"
+
+
+def run_experiment(name: str, attack: str, sels: list[Selection], features: Features,
+                   row_fn: Callable[[Selection], dict | str], features_hash: str, key: str, settings: dict) -> dict:
+    """Score every selection with ``row_fn`` (a result dict, or a str: why it was skipped); the experiment's JSON."""
+    rows = []
+    for sel in sels:
+        row = {"label": sel.label, "grad": sel.grad, "out": sel.out, "layers": sel.layers(features.layers)}
+        row["params"] = int(sum(features.params[l] for l in set(sel.grad)))
+        result = row_fn(sel)
+        if isinstance(result, str):
+            row["skipped"] = result
+        else:
+            row["result"] = result
+        rows.append(row)
+    return {"experiment": name, "attack": attack, "description": DESCRIPTIONS[name], "features_hash": features_hash,
+            "key": key, "settings": settings, "layers": list(features.layers), "rows": rows}
+
+
+def summary(record: dict, metric: str = "accuracy") -> list[dict]:
+    """Per row: label, mean, std, n of ``metric`` (rows that were skipped give None)."""
+    out = []
+    for row in record["rows"]:
+        m = row.get("result", {}).get("metrics", {}).get(metric)
+        out.append({"label": row["label"], "layers": row["layers"], "mean": m["mean"] if m else None,
+                    "std": m["std"] if m else None, "n": m["n"] if m else 0, "skipped": row.get("skipped")})
+    return out

@@ -1,0 +1,150 @@
+"""The seed study's experiments: numbers in report.json equal direct ``run_attack`` calls; results are reused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow.compute as pc
+import pytest
+import yaml
+
+from conftest import TINY, run_cli, tiny_args
+from mia_tasks.attack_runs import run_attack
+from mia_tasks.experiments import NASR_MAX_GRAD_PARAMS, Selection, nasr_options, nasr_too_big, selections
+from mia_tasks.featurestore import Features, load_features
+from mia_tasks.rundir import RunDir
+from mia_tasks.splits import Splits
+
+LAYERS = ["conv1", "conv2", "fc1", "fc2"]
+
+
+def _load(out) -> tuple[Features, Splits]:
+    rd = RunDir(str(out))
+    hashes = yaml.safe_load((out / "config.yaml").read_text())["hashes"]
+    members = rd.read_parquet("target/members.parquet").column("sample_id").to_numpy()
+    return load_features(rd, hashes["features"]), Splits(members, rd.read_parquet("splits.parquet"))
+
+
+def _same(saved: dict, direct: dict) -> None:
+    """Every metric of every repeat, and the ROC points, exactly equal (JSON floats round-trip exactly)."""
+    direct = json.loads(json.dumps(direct))
+    assert saved["per_repeat"] == direct["per_repeat"]
+    assert saved["metrics"] == direct["metrics"]
+    assert saved["roc"] == direct["roc"]
+    assert saved["repeats"] == 2 and all(m["n"] == 2 for m in saved["metrics"].values() if m["mean"] is not None)
+
+
+@pytest.fixture(scope="module")
+def paper_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run without experiments or report; then ``paper --experiment all`` and ``report``."""
+    out = tmp_path_factory.mktemp("paper") / "run"
+    shutil.copytree(tiny_run, out)
+    for name in ("experiments", "plots", "attacks"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("report.json", "report.md", "report.html"):
+        (out / name).unlink(missing_ok=True)
+    paper = run_cli("paper", "--experiment", "all", *tiny_args(out))
+    assert paper.returncode == 0, paper.stdout[-3000:] + paper.stderr[-3000:]
+    report = run_cli("report", *tiny_args(out))
+    assert report.returncode == 0, report.stdout[-3000:] + report.stderr[-3000:]
+    return out, paper.stdout, report.stdout
+
+
+def test_paper_all_numbers_equal_direct_run_attack(paper_run):
+    out, paper_stdout, report_stdout = paper_run
+    assert "shapley: reusing" in paper_stdout
+    assert "report.md" in report_stdout and "| conv1 | 1 |" in report_stdout  # path and headline table printed
+    report = json.loads((out / "report.json").read_text())
+    features, splits = _load(out)
+    assert features.layers == LAYERS
+    exps = report["experiments"]
+    assert set(exps) == {"groups-grad-logistic", "groups-out-logistic", "single-layer-logistic"}
+    for key, rec in exps.items():
+        assert rec == json.loads((out / "experiments" / f"{key}.json").read_text())
+
+    rows = exps["groups-grad-logistic"]["rows"]
+    assert [r["grad"] for r in rows] == [LAYERS[-k:] for k in range(1, 5)]  # every suffix, last layer first
+    for k, row in enumerate(rows, 1):
+        _same(row["result"], run_attack("logistic", features, splits, LAYERS[-k:], ["grad"], C=1.0, seed=0))
+
+    rows = {r["label"]: r["result"] for r in exps["groups-out-logistic"]["rows"]}
+    assert list(rows) == ["last-layer gradient", "+ last-layer output", "+ all outputs", "all gradients + all outputs"]
+    _same(rows["last-layer gradient"], run_attack("logistic", features, splits, ["fc2"], ["grad"]))
+    _same(rows["+ last-layer output"], run_attack("logistic", features, splits, ["fc2"], ["grad", "out"]))
+    _same(rows["all gradients + all outputs"], run_attack("logistic", features, splits, LAYERS, ["grad", "out"]))
+    # last-layer gradient + every layer's output is no layers x kinds product: drop the other gradients first
+    names = features.table.column_names
+    keep = [c for c in names if not (c.startswith("grad.") and not c.startswith("grad.fc2."))]
+    view = Features(features.table.select(keep), features.layers, features.params, features.depths)
+    _same(rows["+ all outputs"], run_attack("logistic", view, splits, LAYERS, ["grad", "out"]))
+
+    for row, layer in zip(exps["single-layer-logistic"]["rows"], LAYERS):
+        assert row["layers"] == [layer]
+        _same(row["result"], run_attack("logistic", features, splits, [layer], ["grad"]))
+
+    assert report["shapley"] == json.loads((out / "shapley.json").read_text())
+    _same(report["attacks"]["logistic"], run_attack("logistic", features, splits, None, ["grad"]))
+    _same(report["attacks"]["loss-threshold"], run_attack("loss-threshold", features, splits))
+    single = {r["player"]: r["single"] for r in report["headline"]}
+    assert single["conv2"] == exps["single-layer-logistic"]["rows"][1]["result"]["metrics"]["accuracy"]
+    # the features table is untouched by the experiments
+    assert pc.sum(features.table.column("member")).as_py() == 60
+
+
+def test_paper_reuses_results_and_refits_on_new_settings(paper_run, capsys):
+    """In-process (logistic needs no Ray): a rerun reuses every file; another attack.C refits and rewrites."""
+    from flows.paper import paper_flow
+    from mia_tasks.config import load_config, stage_hashes
+
+    out = paper_run[0]
+    features, splits = _load(out)
+    rd = RunDir(str(out))
+    cfg = load_config(None, TINY + [f"output.dir={out}"])
+    hashes = stage_hashes(cfg)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "experiments").iterdir()}
+    records = paper_flow(cfg, rd, hashes, splits, features, "all", "logistic")
+    assert capsys.readouterr().out.count("reusing") == 4
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "experiments").iterdir()} == before
+    assert set(records) == {"groups-grad", "groups-out", "single-layer", "shapley"}
+
+    cfg = load_config(None, TINY + [f"output.dir={out}", "attack.C=0.05"])
+    rec = paper_flow(cfg, rd, stage_hashes(cfg), splits, features, "single-layer", "logistic")["single-layer"]
+    assert "reusing" not in capsys.readouterr().out
+    _same(rec["rows"][0]["result"], run_attack("logistic", features, splits, ["conv1"], ["grad"], C=0.05))
+    assert json.loads((out / "experiments/single-layer-logistic.json").read_text())["key"] == rec["key"]
+
+
+def test_selections_and_nasr_options():
+    grad = selections("groups-grad", LAYERS)
+    assert [s.grad for s in grad] == [["fc2"], ["fc1", "fc2"], ["conv2", "fc1", "fc2"], LAYERS] and not any(s.out for s in grad)
+    single = selections("single-layer", LAYERS, ["grad", "out"])
+    assert [(s.grad, s.out) for s in single] == [([l], [l]) for l in LAYERS]
+    sel = selections("groups-out", LAYERS)[2]
+    assert sel.layers(LAYERS) == LAYERS and sel.kinds() == ["grad", "out"]
+
+    class A:
+        nasr_epochs, nasr_lr, nasr_batch_size = 3, 0.01, 8
+
+    opts = nasr_options(sel, A)
+    assert opts["layers"] == ["fc2"] and opts["outputs"] == LAYERS and opts["use_loss"] is False and opts["epochs"] == 3
+    assert nasr_too_big(Selection("big", grad=["a", "b"]), {"a": NASR_MAX_GRAD_PARAMS, "b": 1}).startswith("skipped")
+    assert nasr_too_big(Selection("ok", grad=["a"]), {"a": NASR_MAX_GRAD_PARAMS}) is None
+
+
+@pytest.mark.slow
+def test_paper_nasr_groups_out(tiny_run, tmp_path):
+    """The Nasr attack on the groups-out selections (Ray actors), 2 epochs: every row scored, saved and reported."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    args = tiny_args(out, "attack.nasr_epochs=2")
+    proc = run_cli("paper", "--experiment", "groups-out", "--attack", "nasr", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rec = json.loads((out / "experiments/groups-out-nasr.json").read_text())
+    assert [r["grad"] for r in rec["rows"]] == [["fc2"], ["fc2"], ["fc2"], LAYERS]
+    for row in rec["rows"]:
+        m = row["result"]["metrics"]["accuracy"]
+        assert m["n"] == 2 and 0 <= m["mean"] <= 1 and row["result"]["layers"] == row["layers"]
+    proc = run_cli("report", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["experiments"]["groups-out-nasr"] == rec
