@@ -54,7 +54,7 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
         result = ray.get(_nasr_task.options(num_gpus=gpu).remote(cfg, rd.uri, features, splits,
                                                                  layers or cfg.attack.nasr_layers))
     else:
-        result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, seed=cfg.seed)
+        result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed)
     result.update(config_hash=hashes["features"], C=cfg.attack.C)
     path = result_name(name, layers, kinds, cfg.attack.kinds)
     rd.write_json(path, result)

@@ -74,7 +74,7 @@ def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, s
 
 def settings(cfg: Config, name: str, attack: str, features: Features) -> dict:
     """Everything besides the features that changes an experiment's numbers."""
-    s = {"C": cfg.attack.C, "seed": cfg.seed, "layers": list(features.layers)}
+    s = {"C": cfg.attack.C, "transform": cfg.attack.transform, "seed": cfg.seed, "layers": list(features.layers)}
     if name == "single-layer":
         s["kinds"] = list(cfg.sweep.kinds)
     if attack == "nasr":
@@ -105,7 +105,7 @@ def run_one(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Fea
         return record
     sels = selections(name, features.layers, cfg.sweep.kinds)
     if attack == "logistic":
-        row_fn = lambda sel: logistic_row(sel, features, splits, cfg.attack.C, cfg.seed)  # noqa: E731
+        row_fn = lambda sel: logistic_row(sel, features, splits, cfg.attack.C, cfg.seed, cfg.attack.transform)  # noqa: E731
     else:
         results = _nasr_results(cfg, rd, features, splits, sels)
 

@@ -25,19 +25,21 @@ from mia_tasks.featurestore import Features
 from mia_tasks.players import make_players, player_columns
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, Splits
+from mia_tasks.transforms import fit_transform_pair
 from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
 
-from .runtime import gpus_available, init_ray
+from .runtime import gpus_available, init_ray, remote_errors
 
 
-def attack_data(features: Features, splits: Splits, columns: list[str]) -> list[dict[str, np.ndarray]]:
-    """Per repeat: the attack-train and attack-eval matrices and membership labels."""
+def attack_data(features: Features, splits: Splits, columns: list[str], transform: str = "none") -> list[dict[str, np.ndarray]]:
+    """Per repeat: the attack-train and attack-eval matrices (transformed, fitted on attack-train) and labels."""
     member = dict(zip(splits.table.column("sample_id").to_numpy(), splits.table.column("member").to_numpy(zero_copy_only=False)))
     out = []
     for r in range(splits.repeats):
         tr, ev = splits.ids(r, ROLE_TRAIN), splits.ids(r, ROLE_EVAL)
-        out.append({"X_train": features.matrix(columns, tr), "y_train": np.array([member[i] for i in tr], np.int64),
-                    "X_eval": features.matrix(columns, ev), "y_eval": np.array([member[i] for i in ev], np.int64)})
+        X_train, X_eval = fit_transform_pair(features.matrix(columns, tr), features.matrix(columns, ev), transform)
+        out.append({"X_train": X_train, "y_train": np.array([member[i] for i in tr], np.int64),
+                    "X_eval": X_eval, "y_eval": np.array([member[i] for i in ev], np.int64)})
     return out
 
 
@@ -82,7 +84,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                              f"{cfg.sweep.max_exact_players}): group layers into players (--set sweep.players=groups) "
                              f"or estimate by sampling (--set sweep.method=sampled)")
     cols = player_columns(players, cfg.sweep.kinds)
-    data = attack_data(features, splits, [c for pc in cols for c in pc])
+    data = attack_data(features, splits, [c for pc in cols for c in pc], cfg.attack.transform)
     fitters: list = []
     data_ref: list = []  # keeps the attack data alive in the object store while fitters may restart
 
@@ -103,7 +105,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)
         start = time.perf_counter()
-        with tqdm(total=total, desc=f"sweep ({len(fitters)} fitters)", unit="coalition") as bar:
+        with tqdm(total=total, desc=f"sweep ({len(fitters)} fitters)", unit="coalition") as bar, remote_errors():
             for n_done in ActorPool(fitters).map_unordered(lambda a, job: a.fit.remote(*job), jobs):
                 bar.update(n_done)
         print(f"[layerleak] sweep: {total} coalition fits in {time.perf_counter() - start:.1f}s")

@@ -28,7 +28,7 @@ def _roc_points(y: np.ndarray, scores: np.ndarray, n: int = 200) -> dict[str, li
 
 
 def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
-               kinds: Sequence[str] = ("grad",), C: float = 1.0, model: Any = None, data: Any = None,
+               kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None, data: Any = None,
                nasr: dict | None = None, seed: int = 0) -> dict:
     """Fit ``name`` on each repeat's attack-train set, evaluate on its attack-eval set; a JSON-ready dict.
 
@@ -48,7 +48,7 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
             held.inputs = data.normalise(data.images(ev)[0])
             attack = make_attack("nasr", model=model, seed=seed + r, **(nasr or {}))
         elif name == "logistic":
-            attack = make_attack(name, C=C, seed=seed + r)
+            attack = make_attack(name, C=C, seed=seed + r, transform=transform)
         else:
             attack = make_attack(name)
         metrics = evaluate(attack, train, held)
@@ -59,6 +59,7 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
         "layers": layers if name in ("logistic", "nasr") else [],
         "kinds": list(kinds) if name == "logistic" else (["grad", "out", "loss"] if name == "nasr" else ["loss"]),
         "columns": len(columns) if name != "nasr" else None,
+        "transform": transform if name == "logistic" else None,
         "repeats": splits.repeats,
         "n_train": int(len(splits.ids(0, ROLE_TRAIN))),
         "n_eval": int(len(splits.ids(0, ROLE_EVAL))),

@@ -83,6 +83,7 @@ class FeaturesConfig:
 class AttackConfig:
     name: str = "logistic"
     C: float = 1.0
+    transform: str = "signed-log"  # signed-log | none: features put on a log scale before standardising
     kinds: list[str] = field(default_factory=lambda: ["grad"])
     layers: list[str] | None = None
     nasr_layers: list[str] | None = None  # None = the last audited layer
@@ -234,6 +235,7 @@ def validate(cfg: Config) -> None:
     _check(a.name in ("logistic", "nasr", "loss-threshold", "confidence-threshold"), "attack.name",
            f"{a.name!r}; allowed: logistic, nasr, loss-threshold, confidence-threshold")
     _check(isinstance(a.C, (int, float)) and a.C > 0, "attack.C", "must be a positive number")
+    _check(a.transform in ("signed-log", "none"), "attack.transform", f"{a.transform!r}; allowed: signed-log, none")
     for key, kinds in (("attack.kinds", a.kinds), ("sweep.kinds", cfg.sweep.kinds)):
         _check(isinstance(kinds, list) and kinds and all(k in FEATURE_KINDS for k in kinds), key,
                f"{kinds!r}; a non-empty list of {', '.join(FEATURE_KINDS)}")
@@ -260,7 +262,7 @@ STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
     "target": ("seed", "dataset", "split", "model", "train"),
     "features": ("seed", "dataset", "split", "model", "train", "features"),
-    "sweep": ("seed", "dataset", "split", "model", "train", "features", "attack.C", "sweep"),
+    "sweep": ("seed", "dataset", "split", "model", "train", "features", "attack.C", "attack.transform", "sweep"),
 }
 RESULT_FREE = {"dataset.root", "dataset.download", "train.device", "features.device", "features.batch_size",
                "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint"}

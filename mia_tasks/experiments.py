@@ -93,10 +93,10 @@ def features_view(features: Features, sel: Selection) -> Features:
     return Features(features.table.select(keep + cols), sel.layers(features.layers), features.params, features.depths)
 
 
-def logistic_row(sel: Selection, features: Features, splits: Splits, C: float, seed: int) -> dict:
+def logistic_row(sel: Selection, features: Features, splits: Splits, C: float, seed: int, transform: str = "none") -> dict:
     """``run_attack('logistic', ...)`` on the selection's columns."""
     view = features_view(features, sel)
-    return run_attack("logistic", view, splits, sel.layers(features.layers), sel.kinds(), C=C, seed=seed)
+    return run_attack("logistic", view, splits, sel.layers(features.layers), sel.kinds(), C=C, transform=transform, seed=seed)
 
 
 def nasr_options(sel: Selection, attack_cfg: Any) -> dict:

@@ -66,25 +66,25 @@ def test_paper_all_numbers_equal_direct_run_attack(paper_run):
     rows = exps["groups-grad-logistic"]["rows"]
     assert [r["grad"] for r in rows] == [LAYERS[-k:] for k in range(1, 5)]  # every suffix, last layer first
     for k, row in enumerate(rows, 1):
-        _same(row["result"], run_attack("logistic", features, splits, LAYERS[-k:], ["grad"], C=1.0, seed=0))
+        _same(row["result"], run_attack("logistic", features, splits, LAYERS[-k:], ["grad"], C=1.0, seed=0, transform="signed-log"))
 
     rows = {r["label"]: r["result"] for r in exps["groups-out-logistic"]["rows"]}
     assert list(rows) == ["last-layer gradient", "+ last-layer output", "+ all outputs", "all gradients + all outputs"]
-    _same(rows["last-layer gradient"], run_attack("logistic", features, splits, ["fc2"], ["grad"]))
-    _same(rows["+ last-layer output"], run_attack("logistic", features, splits, ["fc2"], ["grad", "out"]))
-    _same(rows["all gradients + all outputs"], run_attack("logistic", features, splits, LAYERS, ["grad", "out"]))
+    _same(rows["last-layer gradient"], run_attack("logistic", features, splits, ["fc2"], ["grad"], transform="signed-log"))
+    _same(rows["+ last-layer output"], run_attack("logistic", features, splits, ["fc2"], ["grad", "out"], transform="signed-log"))
+    _same(rows["all gradients + all outputs"], run_attack("logistic", features, splits, LAYERS, ["grad", "out"], transform="signed-log"))
     # last-layer gradient + every layer's output is no layers x kinds product: drop the other gradients first
     names = features.table.column_names
     keep = [c for c in names if not (c.startswith("grad.") and not c.startswith("grad.fc2."))]
     view = Features(features.table.select(keep), features.layers, features.params, features.depths)
-    _same(rows["+ all outputs"], run_attack("logistic", view, splits, LAYERS, ["grad", "out"]))
+    _same(rows["+ all outputs"], run_attack("logistic", view, splits, LAYERS, ["grad", "out"], transform="signed-log"))
 
     for row, layer in zip(exps["single-layer-logistic"]["rows"], LAYERS):
         assert row["layers"] == [layer]
-        _same(row["result"], run_attack("logistic", features, splits, [layer], ["grad"]))
+        _same(row["result"], run_attack("logistic", features, splits, [layer], ["grad"], transform="signed-log"))
 
     assert report["shapley"] == json.loads((out / "shapley.json").read_text())
-    _same(report["attacks"]["logistic"], run_attack("logistic", features, splits, None, ["grad"]))
+    _same(report["attacks"]["logistic"], run_attack("logistic", features, splits, None, ["grad"], transform="signed-log"))
     _same(report["attacks"]["loss-threshold"], run_attack("loss-threshold", features, splits))
     single = {r["player"]: r["single"] for r in report["headline"]}
     assert single["conv2"] == exps["single-layer-logistic"]["rows"][1]["result"]["metrics"]["accuracy"]
@@ -111,7 +111,7 @@ def test_paper_reuses_results_and_refits_on_new_settings(paper_run, capsys):
     cfg = load_config(None, TINY + [f"output.dir={out}", "attack.C=0.05"])
     rec = paper_flow(cfg, rd, stage_hashes(cfg), splits, features, "single-layer", "logistic")["single-layer"]
     assert "reusing" not in capsys.readouterr().out
-    _same(rec["rows"][0]["result"], run_attack("logistic", features, splits, ["conv1"], ["grad"], C=0.05))
+    _same(rec["rows"][0]["result"], run_attack("logistic", features, splits, ["conv1"], ["grad"], C=0.05, transform="signed-log"))
     assert json.loads((out / "experiments/single-layer-logistic.json").read_text())["key"] == rec["key"]
 
 

@@ -1,7 +1,8 @@
 """The seed study's attack: logistic regression on standardised per-layer feature statistics.
 
 Everything is fitted on attack-train alone (the scaler too), so attack-eval rows never shape the model.
-Non-finite features (NaN, ±inf: e.g. a kurtosis overflow) count as missing: the scaler's mean and
+An optional signed-log transform (``transform="signed-log"``, fitted on attack-train) puts
+heavy-tailed gradient magnitudes on a log scale first. Non-finite features (NaN, ±inf: e.g. a kurtosis overflow) count as missing: the scaler's mean and
 scale ignore them, and after scaling they become 0, i.e. the attack-train mean of that column.
 """
 
@@ -16,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from ..errors import LayerleakError
+from ..transforms import TRANSFORMS, SignedLog
 
 if TYPE_CHECKING:
     from . import AttackData
@@ -29,13 +31,17 @@ class LogisticAttack:
     After ``fit``: ``scaler_``, ``model_``, ``columns_`` and ``converged_`` (False if lbfgs hit max_iter).
     """
 
-    def __init__(self, C: float = 1.0, max_iter: int = 5000, tol: float = 1e-6, seed: int = 0):
+    def __init__(self, C: float = 1.0, max_iter: int = 5000, tol: float = 1e-6, seed: int = 0, transform: str = "none"):
         if not C > 0:
             raise LayerleakError(f"attack.C must be > 0, got {C}")
+        if transform not in TRANSFORMS:
+            raise LayerleakError(f"attack.transform {transform!r}; allowed: {', '.join(TRANSFORMS)}")
         self.C, self.max_iter, self.tol, self.seed = float(C), int(max_iter), float(tol), int(seed)
+        self.transform = transform
         self.threshold_ = 0.0
 
     def _scaled(self, X: np.ndarray) -> np.ndarray:
+        X = self.transform_.transform(X) if self.transform_ is not None else X
         X = np.where(np.isfinite(X), X, np.nan)
         Z = self.scaler_.transform(X)
         return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
@@ -43,7 +49,9 @@ class LogisticAttack:
     def fit(self, train: "AttackData") -> "LogisticAttack":
         if len(np.unique(train.y)) < 2:
             raise LayerleakError("logistic attack: attack-train needs both members and non-members")
-        X = np.where(np.isfinite(train.X), train.X, np.nan)
+        self.transform_ = SignedLog().fit(train.X) if self.transform == "signed-log" else None
+        X = self.transform_.transform(train.X) if self.transform_ is not None else train.X
+        X = np.where(np.isfinite(X), X, np.nan)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: nanmean of nothing
             self.scaler_ = StandardScaler().fit(X)
