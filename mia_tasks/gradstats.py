@@ -1,0 +1,565 @@
+"""Per-sample, per-layer gradient and activation statistics: the hot path of feature extraction.
+
+For every audited layer (Linear, Conv1d, Conv2d) and every sample, the seven ``STATS`` of the gradient of
+that sample's cross-entropy loss w.r.t. the layer's own weight and bias (flattened together), and of the
+layer's output activation, from ONE batched forward and backward pass (loss summed, so each row is exact
+and independent of the batch):
+
+- forward hooks keep each layer's input ``a`` and reduce its output to statistics at once (before an
+  in-place ReLU can change it); tensor hooks on the outputs receive the output gradients ``g`` and reduce
+  them with ``a`` to power sums right away, so nothing per-sample outlives its layer;
+- Linear: the weight gradient is g aᵀ, so Σ(g_i a_j)^k = (Σ g_i^k)(Σ a_j^k), L1 = ‖g‖₁‖a‖₁ and the
+  max/min are among the four products of extremes: O(m + n) per sample, nothing materialised;
+- Conv: the weight gradient Σ_p g_p a_pᵀ over output positions p is materialised for a chunk of samples
+  at a time (the chunk follows ``budget_mb``) and reduced at once: with many positions by oneDNN/cuDNN's
+  weight-gradient kernel run as a grouped convolution (one group per sample), with few by unfold + batched
+  matmul, where Σx², Σx³, Σx⁴ then come from small L^k contractions and only max/min/L1 read G;
+- parameters are frozen during the pass, so autograd skips the batched weight gradients it would
+  otherwise compute and throw away (and ``.grad`` fields stay untouched).
+
+Statistics are combined from power sums (n, Σx, Σx², Σx³, Σx⁴, Σ|x|, max, min) in float64; kurtosis is
+Fisher's excess kurtosis and skewness the biased one (scipy.stats defaults). A (numerically) constant
+vector has kurtosis = skewness = 0 by definition here (scipy gives nan).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import LayerleakError
+
+STATS = ("max", "min", "mean", "l1", "l2", "kurtosis", "skewness")
+SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+# Columns of a power-sums tensor [B, 8]; the first six add, the last two take max / min.
+SUM_COLUMNS = ("n", "s1", "s2", "s3", "s4", "l1", "max", "min")
+
+# Target bytes of one materialised chunk of per-sample weight gradients: large enough to amortise the
+# Python loop, small enough to stay in the last-level cache. ``budget_mb`` caps it further.
+_TILE_BYTES = 4 << 20
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics from values and from power sums
+
+
+def _const_tol(dtype: torch.dtype) -> float:
+    """Relative variance below which a vector counts as constant (its moments are rounding noise)."""
+    return 64 * torch.finfo(dtype if dtype.is_floating_point else torch.float64).eps
+
+
+def _finish(mx: Tensor, mn: Tensor, mean: Tensor, l1: Tensor, l2: Tensor, m2: Tensor, m3: Tensor, m4: Tensor,
+            const: Tensor) -> Tensor:
+    """Stack the seven ``STATS`` (float64) from extremes, norms and central moments; constant rows get
+    kurtosis = skewness = 0."""
+    safe = torch.where(const, torch.ones_like(m2), m2)
+    kurt = torch.where(const, torch.zeros_like(m2), m4 / (safe * safe) - 3.0)
+    skew = torch.where(const, torch.zeros_like(m2), m3 / safe.pow(1.5))
+    return torch.stack([mx, mn, mean, l1, l2, kurt, skew], 1).to(torch.float64)
+
+
+def stats_of(x: Tensor) -> Tensor:
+    """The seven ``STATS`` of each row of ``x`` [B, N], as float64 [B, 7]: the plain reference (float64,
+    two-pass central moments)."""
+    if x.dim() != 2:
+        raise ValueError(f"stats_of expects a [B, N] tensor, got shape {tuple(x.shape)}")
+    x64 = x.detach().to(torch.float64)
+    mean = x64.mean(1)
+    d = x64 - mean[:, None]
+    d2 = d * d
+    m2, m3, m4 = d2.mean(1), (d2 * d).mean(1), (d2 * d2).mean(1)
+    const = m2 <= _const_tol(torch.float64) * (x64 * x64).mean(1)
+    return _finish(x64.amax(1), x64.amin(1), mean, x64.abs().sum(1), torch.linalg.vector_norm(x64, 2, dim=1), m2, m3, m4, const)
+
+
+def _central_sums_eager(x: Tensor) -> Tensor:
+    """[b, 7]: Σx, Σd², Σd³, Σd⁴ (d = x - row mean), Σ|x|, max, min, in x's precision (float32 sums are
+    cascaded, ~1e-7 relative); two passes, so no moment cancels."""
+    n = x.shape[1]
+    s1 = x.sum(1)
+    d = x - (s1 / n)[:, None]
+    d2 = d * d
+    return torch.stack([s1, d2.sum(1), torch.linalg.vecdot(d2, d), torch.linalg.vecdot(d2, d2), x.abs().sum(1), x.amax(1), x.amin(1)], 1)
+
+
+def _central_sums_fused(x: Tensor) -> Tensor:
+    """``_central_sums_eager`` accumulated in float64, written for torch.compile to fuse into two reads."""
+    x = x.to(torch.float64)
+    mean = x.mean(1, keepdim=True)
+    d = x - mean
+    d2 = d * d
+    return torch.stack([mean[:, 0] * x.shape[1], d2.sum(1), (d2 * d).sum(1), (d2 * d2).sum(1), x.abs().sum(1), x.amax(1), x.amin(1)], 1)
+
+
+def _raw_sums_fused(G: Tensor) -> Tensor:
+    """[b, 7]: Σx, Σx², Σx³, Σx⁴, Σ|x|, max, min of each row, accumulated in float64; one read once compiled."""
+    x = G.to(torch.float64)
+    x2 = x * x
+    return torch.stack([x.sum(1), x2.sum(1), (x2 * x).sum(1), (x2 * x2).sum(1), x.abs().sum(1), x.amax(1), x.amin(1)], 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# optional torch.compile of the row reductions (off unless asked: compiling costs seconds per process)
+
+_COMPILED: dict[str, Callable[[Tensor], Tensor]] = {}
+_COMPILE_FAILED: set[str] = set()
+
+
+def _compile_wanted(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    return os.environ.get("LAYERLEAK_COMPILE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _reduce(name: str, fused: Callable[[Tensor], Tensor], x: Tensor, compiled: bool) -> Tensor | None:
+    """The compiled ``fused`` reduction of x, or None (caller runs eager) when not wanted or it fails."""
+    if not compiled or name in _COMPILE_FAILED:
+        return None
+    try:
+        fn = _COMPILED.get(name)
+        if fn is None:
+            fn = _COMPILED[name] = torch.compile(fused, dynamic=True)
+        return fn(x.contiguous())
+    except Exception as e:  # any backend/toolchain failure: fall back to eager for good
+        _COMPILE_FAILED.add(name)
+        warnings.warn(f"layerleak: torch.compile of {name} failed ({type(e).__name__}); using eager reductions")
+        return None
+
+
+def _row_stats(x: Tensor, compiled: bool = False) -> Tensor:
+    """``stats_of`` for the hot path (output activations): float64 [B, 7] from x's own precision."""
+    if not x.dtype.is_floating_point or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    c = _reduce("central", _central_sums_fused, x, compiled)
+    c = (_central_sums_eager(x) if c is None else c).to(torch.float64)
+    if not torch.isfinite(c).all() and torch.isfinite(x).all():  # Σd⁴ overflowed in low precision
+        c = _central_sums_eager(x.double())
+    n = x.shape[1]
+    mean = c[:, 0] / n
+    m2, m3, m4 = c[:, 1] / n, c[:, 2] / n, c[:, 3] / n
+    const = m2 <= _const_tol(x.dtype) * (m2 + mean * mean)
+    return _finish(c[:, 5], c[:, 6], mean, c[:, 4], torch.sqrt(n * (m2 + mean * mean)), m2, m3, m4, const)
+
+
+def sums_of(x: Tensor) -> Tensor:
+    """Power sums (``SUM_COLUMNS``) of each row of ``x`` [B, N], float64 [B, 8]."""
+    x64 = x.detach().to(torch.float64)
+    x2 = x64 * x64
+    n = torch.full((x64.shape[0],), float(x64.shape[1]), dtype=torch.float64, device=x64.device)
+    return torch.stack([n, x64.sum(1), x2.sum(1), (x2 * x64).sum(1), (x2 * x2).sum(1), x64.abs().sum(1), x64.amax(1), x64.amin(1)], 1)
+
+
+def merge_sums(a: Tensor, b: Tensor) -> Tensor:
+    """Power sums of the concatenation of two parts (e.g. weight and bias), from the parts' sums."""
+    return torch.cat([a[:, :6] + b[:, :6], torch.maximum(a[:, 6:7], b[:, 6:7]), torch.minimum(a[:, 7:8], b[:, 7:8])], 1)
+
+
+def outer_sums(sg: Tensor, sa: Tensor) -> Tensor:
+    """Power sums of the outer product g aᵀ from the power sums of g and of a (no product formed)."""
+    ext = torch.stack([sg[:, 6] * sa[:, 6], sg[:, 6] * sa[:, 7], sg[:, 7] * sa[:, 6], sg[:, 7] * sa[:, 7]], 1)
+    return torch.cat([sg[:, :6] * sa[:, :6], ext.amax(1, keepdim=True), ext.amin(1, keepdim=True)], 1)
+
+
+def stats_from_sums(s: Tensor, tol: float = _const_tol(torch.float64)) -> Tensor:
+    """The seven ``STATS`` [B, 7] (float64) from power sums [B, 8] (``SUM_COLUMNS``).
+
+    Central moments come from raw moments in float64; a vector whose variance is below ``tol`` times its
+    mean square counts as constant (kurtosis = skewness = 0). Pass a larger ``tol`` when the sums were
+    accumulated in lower precision (``64 * finfo(dtype).eps``).
+    """
+    s = s.to(torch.float64)
+    n = s[:, 0]
+    mu, e2, e3, e4 = s[:, 1] / n, s[:, 2] / n, s[:, 3] / n, s[:, 4] / n
+    mu2 = mu * mu
+    m2 = e2 - mu2
+    m3 = e3 - 3 * mu * e2 + 2 * mu * mu2
+    m4 = e4 - 4 * mu * e3 + 6 * mu2 * e2 - 3 * mu2 * mu2
+    return _finish(s[:, 6], s[:, 7], mu, s[:, 5], torch.sqrt(s[:, 2].clamp_min(0)), m2, m3, m4, m2 <= tol * e2)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-sample gradient power sums of one layer, from its input a and output gradient g
+
+
+@dataclass(frozen=True)
+class _Plan:
+    budget_bytes: int  # cap on the bytes of per-sample gradients materialised at once
+    compiled: bool  # torch.compile the row reductions
+
+
+def _chunk_moments(G: Tensor) -> Tensor:
+    """Σx², Σx³, Σx⁴ of each row of G [b, N], [b, 3]."""
+    G2 = G * G
+    return torch.stack([G2.sum(1), torch.linalg.vecdot(G2, G), torch.linalg.vecdot(G2, G2)], 1)
+
+
+def _contracted_moments(g: Tensor, A: Tensor) -> Tensor:
+    """Σx², Σx³, Σx⁴ over G = g Aᵀ (summed over groups) without forming G, float64 [b, 3].
+
+    g [b, Gr, n, L], A [b, Gr, m, L]: Σ_ij (Σ_p g_ip A_jp)^k = Σ_{p..} (Σ_i Π g_i·)(Σ_j Π A_j·), with
+    L^k-sized contractions; worth it only when L is small. Done in float64: the terms can cancel.
+    """
+    g, A = g.to(torch.float64), A.to(torch.float64)
+    b, gr, _, L = g.shape
+
+    def parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        pair = (x.unsqueeze(-1) * x.unsqueeze(-2)).reshape(b, gr, x.shape[2], L * L)  # [b, Gr, n, L²]
+        pt = pair.transpose(-1, -2)
+        return x.transpose(-1, -2) @ x, pt @ x, pt @ pair  # [L, L], [L², L], [L², L²] per sample and group
+
+    gg, gt, gq = parts(g)
+    ag, at, aq = parts(A)
+    return torch.stack([(gg * ag).sum((1, 2, 3)), (gt * at).sum((1, 2, 3)), (gq * aq).sum((1, 2, 3))], 1)
+
+
+def _chunked_sums(B: int, numel: int, build: Callable[[int, int], Tensor], per_sample_bytes: int, plan: _Plan,
+                  s1: Callable[[int, int], Tensor] | None = None, moments: Callable[[int, int], Tensor] | None = None) -> Tensor:
+    """Power sums [B, 8] of per-sample vectors of ``numel`` values that ``build(b0, b1)`` materialises [b, numel]
+    a chunk of samples at a time, reduced at once and dropped. ``s1`` / ``moments`` (b0, b1) -> [b] / [b, 3]
+    supply Σx / (Σx², Σx³, Σx⁴) from factors instead of passes over the chunk (eager only: compiled, one
+    fused read gives everything)."""
+    chunk = max(1, min(B, plan.budget_bytes // max(1, per_sample_bytes), _TILE_BYTES // max(1, per_sample_bytes)))
+    parts = []
+    for b0 in range(0, B, chunk):
+        b1 = min(B, b0 + chunk)
+        G = build(b0, b1)
+        r = _reduce("raw", _raw_sums_fused, G, plan.compiled)
+        if r is None:
+            mom = _chunk_moments(G) if moments is None else moments(b0, b1)
+            sum1 = G.sum(1) if s1 is None else s1(b0, b1)
+            mx, mn = G.amax(1), G.amin(1)
+            l1 = G.abs_().sum(1)
+            r = torch.stack([sum1.to(mom.dtype), mom[:, 0], mom[:, 1], mom[:, 2], l1.to(mom.dtype), mx.to(mom.dtype), mn.to(mom.dtype)], 1)
+        parts.append(r.to(torch.float64))
+        del G
+    r = torch.cat(parts)
+    cnt = torch.full((B, 1), float(numel), dtype=torch.float64, device=r.device)
+    return torch.cat([cnt, r[:, :4], r[:, 4:5], r[:, 5:6], r[:, 6:7]], 1)
+
+
+def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan: _Plan) -> Tensor:
+    """Power sums [B, 8] of the per-sample weight gradients G_b = g_b A_bᵀ (per group) via batched matmul.
+
+    g [B, Gr, n, L] output gradients per group; A [B, Gr, m, L] input patches, or a function
+    (start, stop) -> that slice, so the patches of the whole batch never exist at once.
+    """
+    B, gr, n, L = g.shape
+    patches = A if callable(A) else (lambda b0, b1: A[b0:b1])
+    m = patches(0, 1).shape[2]
+    esize = g.element_size()
+    contract = not plan.compiled and L ** 4 * (n + m) <= 4 * n * m  # moments from L^k contractions, not passes over G
+    factor_s1 = not plan.compiled and L * (n + m) < n * m
+    per_sample = (1 if contract else 2) * gr * n * m * esize + gr * m * L * esize + (8 * gr * L * L * (n + m + L * L) if contract else 0)
+    cache: dict[tuple[int, int], Tensor] = {}
+
+    def chunk_patches(b0: int, b1: int) -> Tensor:
+        if (b0, b1) not in cache:
+            cache.clear()
+            cache[(b0, b1)] = patches(b0, b1)
+        return cache[(b0, b1)]
+
+    def build(b0: int, b1: int) -> Tensor:
+        return torch.matmul(g[b0:b1], chunk_patches(b0, b1).transpose(-1, -2)).reshape(b1 - b0, -1)
+
+    def s1(b0: int, b1: int) -> Tensor:  # Σx = Σ_p (Σ_i g_ip)(Σ_j A_jp)
+        return (g[b0:b1].sum(2) * chunk_patches(b0, b1).sum(2)).sum((1, 2))
+
+    def moments(b0: int, b1: int) -> Tensor:
+        return _contracted_moments(g[b0:b1], chunk_patches(b0, b1))
+
+    return _chunked_sums(B, gr * n * m, build, per_sample, plan, s1 if factor_s1 else None, moments if contract else None)
+
+
+def _padded_input(module: nn.Module, a: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+    """The conv input with any non-zero or asymmetric padding applied, and the padding left to the kernel."""
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return a, tuple(module.padding)
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return F.pad(a, list(module._reversed_padding_repeated_twice), mode=mode), (0,) * (a.dim() - 2)
+
+
+def _conv_patches(module: nn.Module, a: Tensor, padding: tuple[int, ...]) -> Tensor:
+    """Unfolded input patches [b, Gr, C/Gr·K, L] of a Conv1d/Conv2d for the (padded) input chunk a."""
+    if isinstance(module, nn.Conv2d):
+        cols = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    else:
+        cols = F.unfold(a.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
+                        padding=(0, padding[0]), stride=(1, module.stride[0]))
+    return cols.reshape(cols.shape[0], module.groups, -1, cols.shape[-1])
+
+
+# Output positions from which the per-sample weight gradients come from a grouped convolution backward
+# (one group per sample: oneDNN's weight-gradient kernel) rather than unfold + batched matmul.
+_GROUPED_MIN_POSITIONS = 32
+
+
+def _conv_grad_sums(module: nn.Module, a: Tensor, g: Tensor, plan: _Plan) -> Tensor:
+    B, O, gr = g.shape[0], module.out_channels, module.groups
+    L = math.prod(g.shape[2:])
+    a, padding = _padded_input(module, a)
+    numel = module.weight.numel()
+    esize = g.element_size()
+    if L >= _GROUPED_MIN_POSITIONS:
+        kshape = tuple(module.weight.shape[1:])
+        spatial = tuple(a.shape[2:])
+
+        def build(b0: int, b1: int) -> Tensor:
+            bc = b1 - b0
+            weight = g.new_empty((bc * O, *kshape))  # only its shape matters: the input gradient is not asked for
+            wg = torch.ops.aten.convolution_backward(
+                g[b0:b1].reshape(1, bc * O, *g.shape[2:]), a[b0:b1].reshape(1, -1, *spatial), weight, None,
+                module.stride, padding, module.dilation, False, (0,) * len(spatial), bc * gr, (False, True, False))[1]
+            return wg.reshape(bc, -1)
+
+        s = _chunked_sums(B, numel, build, 2 * numel * esize, plan)
+    else:
+        gl = g.reshape(B, gr, O // gr, L)
+        s = _outer_chunk_sums(gl, lambda b0, b1: _conv_patches(module, a[b0:b1], padding), plan)
+    if module.bias is not None:
+        s = merge_sums(s, sums_of(g.reshape(B, O, -1).sum(2)))
+    return s
+
+
+def _linear_grad_sums(module: nn.Linear, a: Tensor | None, sa: Tensor | None, g: Tensor, plan: _Plan) -> Tensor:
+    B = g.shape[0]
+    if g.dim() == 2:
+        s = outer_sums(sums_of(g), sa)
+        gb = g
+    else:  # sequence input [B, ..., m]: G = Σ_t g_t a_tᵀ per sample
+        gl = g.reshape(B, 1, -1, module.out_features).transpose(-1, -2)  # [B, 1, n, T]
+        al = a.reshape(B, 1, -1, module.in_features).transpose(-1, -2)  # [B, 1, m, T]
+        s = _outer_chunk_sums(gl, al, plan)
+        gb = g.reshape(B, -1, module.out_features).sum(1)
+    if module.bias is not None:
+        s = merge_sums(s, sums_of(gb))
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# the single forward/backward pass
+
+
+class _Recorder:
+    """Hooks on the audited layers: activations in, output statistics out, gradient statistics back."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], plan: _Plan):
+        self.plan = plan
+        self.modules: dict[str, nn.Module] = {}
+        for name in layers:
+            try:
+                mod = model.get_submodule(name)
+            except AttributeError:
+                raise LayerleakError(f"layer {name!r} is not a module of the model; see `layerleak models` for its audited layers") from None
+            if not isinstance(mod, SUPPORTED):
+                raise LayerleakError(f"layer {name!r} is a {type(mod).__name__}; per-sample gradient statistics support Linear, Conv1d and Conv2d")
+            self.modules[name] = mod
+        self.calls: dict[str, int] = {}
+        self.saved: dict[str, tuple] = {}
+        self.leaves: list[Tensor] = []  # graph starts made by the hooks (the usual case: parameters frozen)
+        self.roots: list[Tensor] = []  # hooked outputs already in a graph before any leaf (rare)
+        self.out: dict[str, Tensor] = {}
+        self.grad: dict[str, Tensor] = {}
+        self.errors: list[str] = []
+        self.recording = False
+        self.handles = [mod.register_forward_hook(self._forward_hook(name)) for name, mod in self.modules.items()]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: Tensor):
+            if not self.recording:
+                return None
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] > 1:
+                raise LayerleakError(
+                    f"layer {name!r} is called more than once in one forward pass (a shared module); its per-sample "
+                    "gradient mixes the calls, so leave it out of the audited layers or give each call its own module")
+            a = inputs[0].detach()
+            if a.dim() < 2 or output.dim() < 2:
+                raise LayerleakError(f"layer {name!r} got an unbatched input of shape {tuple(a.shape)}; per-sample statistics need a batch dimension")
+            with torch.no_grad():
+                self.out[name] = _row_stats(output.detach().reshape(output.shape[0], -1), self.plan.compiled)
+                if isinstance(module, nn.Linear) and a.dim() == 2:
+                    self.saved[name] = (None, sums_of(a), 0)
+                else:
+                    self.saved[name] = (a, None, a._version)
+            if not output.requires_grad:
+                # Nothing upstream needs a gradient (parameters are frozen): start the graph here. The clone
+                # keeps the leaf safe from a following in-place op (ReLU(inplace=True)).
+                leaf = output.detach().requires_grad_()
+                self.leaves.append(leaf)
+                leaf.register_hook(self._grad_hook(name))
+                return leaf.clone()
+            output.register_hook(self._grad_hook(name))
+            if not self.leaves:  # in a graph before any leaf: a grad-requiring tensor outside the parameters
+                self.roots.append(output)
+            return None
+        return hook
+
+    def _grad_hook(self, name: str):
+        def hook(g: Tensor) -> None:
+            try:
+                self._grad_stats(name, g)
+            except LayerleakError as e:
+                self.errors.append(str(e))
+            return None
+        return hook
+
+    def _grad_stats(self, name: str, g: Tensor) -> None:
+        module = self.modules[name]
+        a, sa, version = self.saved.pop(name)
+        if a is not None and a._version != version:
+            raise LayerleakError(f"the input of layer {name!r} was modified in place after the layer used it; make that op out-of-place (e.g. ReLU(inplace=False))")
+        with torch.no_grad():
+            g = g.detach()
+            s = self._sums(module, a, sa, g)
+            if not torch.isfinite(s).all() and torch.isfinite(g).all():
+                # Σx⁴ can overflow in float32 for huge gradients: redo this layer in float64.
+                s = self._sums(module, None if a is None else a.double(), sa, g.double())
+            tol = _const_tol(g.dtype)
+            self.grad[name] = stats_from_sums(s, tol)
+
+    def _sums(self, module: nn.Module, a: Tensor | None, sa: Tensor | None, g: Tensor) -> Tensor:
+        if isinstance(module, nn.Linear):
+            return _linear_grad_sums(module, a, sa, g, self.plan)
+        return _conv_grad_sums(module, a.to(g.dtype), g, self.plan)
+
+
+def _zero_stats(batch: int, device: torch.device) -> Tensor:
+    return torch.zeros(batch, len(STATS), dtype=torch.float64, device=device)
+
+
+def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layers: Sequence[str] | None = None,
+                        budget_mb: float = 256, *, compile: bool | None = None) -> dict:
+    """Loss, gradient statistics and output-activation statistics of each sample, from one forward/backward.
+
+    Returns ``{"loss": [B], "grad": {layer: [B, 7]}, "out": {layer: [B, 7]}}`` (float64, on the inputs'
+    device). The loss is per-sample cross-entropy, summed over the batch for the backward pass, so each
+    row is exact and independent of the batch it came in. The model runs in eval mode (BatchNorm uses
+    running statistics); its modes, ``requires_grad`` flags and ``.grad`` fields are left as they were.
+    ``budget_mb`` bounds the memory of the per-sample conv gradients materialised at once: chunks of
+    samples, at least one (so the peak is the budget or one sample's weight gradient, whichever is larger),
+    whatever the batch size. ``compile`` (default: on only if env LAYERLEAK_COMPILE=1) fuses the row
+    reductions with torch.compile: 10-40 s once per process, then the reductions run 2-6x faster (10-20%
+    of the whole pass on CIFAR AlexNet/ResNet-20, CPU); any compile failure falls back to eager.
+    """
+    from .models import audited_layers
+
+    layers = list(audited_layers(model) if layers is None else layers)
+    if not layers:
+        raise LayerleakError("no layers to audit: the model has no Linear/Conv1d/Conv2d layer with weights")
+    if inputs.shape[0] != targets.shape[0]:
+        raise LayerleakError(f"inputs hold {inputs.shape[0]} samples but targets {targets.shape[0]}")
+    if not budget_mb > 0:
+        raise LayerleakError(f"budget_mb must be positive, got {budget_mb}")
+    recorder = _Recorder(model, layers, _Plan(int(budget_mb * (1 << 20)), _compile_wanted(compile)))
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in model.parameters()}
+    try:
+        model.eval()
+        for p in flags:
+            p.requires_grad_(False)
+        recorder.recording = True
+        with torch.enable_grad():
+            logits = model(inputs.detach())
+            recorder.recording = False
+            loss = F.cross_entropy(logits, targets, reduction="none")
+            starts = recorder.leaves + recorder.roots
+            if starts and loss.requires_grad:
+                try:
+                    torch.autograd.grad(loss.sum(), starts, allow_unused=True)
+                except RuntimeError:
+                    if not recorder.errors:
+                        raise
+        if recorder.errors:
+            raise LayerleakError(recorder.errors[0])
+    finally:
+        recorder.recording = False
+        recorder.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for m, mode in modes.items():
+            m.training = mode
+    B = inputs.shape[0]
+    missing = [n for n in layers if n not in recorder.out]
+    if missing:
+        raise LayerleakError(f"layer(s) {missing} did not run in the forward pass; audit only layers the model uses")
+    # A layer whose output does not reach the loss has a zero gradient.
+    grad = {n: recorder.grad.get(n, _zero_stats(B, inputs.device)) for n in layers}
+    return {"loss": loss.detach().to(torch.float64), "grad": grad, "out": {n: recorder.out[n] for n in layers}}
+
+
+def per_sample_grad_stats(model: nn.Module, inputs: Tensor, targets: Tensor, layers: Sequence[str] | None = None,
+                          budget_mb: float = 256, *, compile: bool | None = None) -> dict[str, Tensor]:
+    """``{layer: [B, 7]}``: the ``STATS`` of each sample's loss gradient w.r.t. each layer's weight and bias."""
+    return per_sample_features(model, inputs, targets, layers, budget_mb, compile=compile)["grad"]
+
+
+def reference_grad_stats(model: nn.Module, inputs: Tensor, targets: Tensor, layers: Sequence[str] | None = None,
+                         stats: Callable[[Tensor], Tensor] = stats_of) -> dict[str, Tensor]:
+    """The plain reference: one sample at a time, autograd gradients of each layer's weight and bias
+    (concatenated), reduced by ``stats`` ([1, N] -> [1, 7]). Eval mode; the model is left as it was."""
+    from .models import audited_layers
+
+    layers = list(audited_layers(model) if layers is None else layers)
+    modules = {n: model.get_submodule(n) for n in layers}
+    params = {n: list(m.parameters(recurse=False)) for n, m in modules.items()}
+    flat = [p for n in layers for p in params[n]]
+    modes = {m: m.training for m in model.modules()}
+    flags = {p: p.requires_grad for p in flat}
+    rows: dict[str, list[Tensor]] = {n: [] for n in layers}
+    try:
+        model.eval()
+        for p in flat:
+            p.requires_grad_(True)
+        for i in range(inputs.shape[0]):
+            with torch.enable_grad():
+                loss = F.cross_entropy(model(inputs[i:i + 1]), targets[i:i + 1], reduction="sum")
+                grads = torch.autograd.grad(loss, flat, allow_unused=True)
+            k = 0
+            for n in layers:
+                parts = []
+                for p in params[n]:
+                    gp = grads[k]
+                    parts.append((torch.zeros_like(p) if gp is None else gp).reshape(-1))
+                    k += 1
+                rows[n].append(stats(torch.cat(parts)[None]))
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        for m, mode in modes.items():
+            m.training = mode
+    return {n: torch.cat(r) for n, r in rows.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# feature table columns
+
+
+def feature_columns(layers: Iterable[str]) -> list[str]:
+    """Canonical feature column names: ``grad.<layer>.<stat>`` for all layers, then ``out.<layer>.<stat>``."""
+    layers = list(layers)
+    return [f"{kind}.{layer}.{stat}" for kind in ("grad", "out") for layer in layers for stat in STATS]
+
+
+def features_to_columns(result: dict, layers: Iterable[str]) -> dict[str, np.ndarray]:
+    """float64 numpy columns ``loss``, ``grad.*``, ``out.*`` from a ``per_sample_features`` result."""
+    layers = list(layers)
+    cols = {"loss": result["loss"].detach().cpu().to(torch.float64).numpy()}
+    for kind in ("grad", "out"):
+        for layer in layers:
+            block = result[kind][layer].detach().cpu().to(torch.float64).numpy()
+            for j, stat in enumerate(STATS):
+                cols[f"{kind}.{layer}.{stat}"] = np.ascontiguousarray(block[:, j])
+    return cols
