@@ -21,7 +21,7 @@ from mia_tasks.config import Config
 from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir
 
-from .runtime import gpus_available, init_ray, stage
+from .runtime import gpus_available, init_ray, placeable, remote_errors, stage
 
 
 class Extractor:
@@ -89,7 +89,7 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
         return []
     init_ray(cfg.ray)
     gpus = gpus_available() if cfg.features.device != "cpu" else 0
-    n_actors = min(len(todo), gpus if gpus else cfg.ray.extract_actors)
+    n_actors = min(len(todo), gpus if gpus else placeable(cfg.ray.extract_actors, "extract", "ray.extract_actors"))
     actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 1,
                            max_restarts=cfg.ray.max_retries, max_task_retries=cfg.ray.max_retries)(Extractor)
     actors = [actor_cls.remote(cfg, rd.uri, hashes["features"], layers) for _ in range(n_actors)]
@@ -97,7 +97,7 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
     rows = sum(len(ids) for _, ids, _ in todo)
     start = time.perf_counter()
     records = []
-    with tqdm(total=rows, desc=f"extract ({n_actors} {'GPU' if gpus else 'CPU'} actors)", unit="sample") as bar:
+    with tqdm(total=rows, desc=f"extract ({n_actors} {'GPU' if gpus else 'CPU'} actors)", unit="sample") as bar, remote_errors():
         for rec in pool.map_unordered(lambda a, job: a.__call__.remote(*job), todo):
             records.append(rec)
             bar.update(rec["rows"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -17,22 +18,97 @@ def init_ray(ray_cfg) -> None:
     if ray.is_initialized():
         return
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         if address:
+            _check_reachable(address)
             ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         else:
-            ray.init(num_cpus=ray_cfg.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
-                     logging_level="WARNING", configure_logging=True)
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only instance of our own: no token needed
+            # address="local": always a new instance; with None, ray.init would join whatever cluster
+            # `ray start` last recorded on this machine (/tmp/ray/ray_current_cluster), maybe another user's.
+            with _loopback_only():
+                ray.init(address="local", num_cpus=ray_cfg.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+                         logging_level="WARNING", configure_logging=True)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
         raise LayerleakError(f"cannot connect to {where}: {first}; check RAY_ADDRESS/ray.address (unset it to run locally)") from None
 
 
+@contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make a new local instance use 127.0.0.1 as its node address, so its servers listen on loopback only.
+
+    On Linux Ray replaces 127.0.0.1 by the machine's routable IP and its gRPC servers listen on every
+    interface; the switch Ray keeps for single-machine platforms (macOS, Windows) keeps them on
+    loopback. It is read by this process (already imported) and by the processes ray.init starts.
+    """
+    from ray._private import ray_constants
+
+    key = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR  # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+    old_env, old_flag = os.environ.get(key), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[key], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old_env
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a host:port address (ray.init retries for long)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise LayerleakError(f"RAY_ADDRESS/ray.address {address!r} is not host:port (or ray://host:port)")
+    host = host.strip("[]")
+    hosts = [host]
+    if host in ("127.0.0.1", "localhost", "::1"):
+        hosts.append(ray.util.get_node_ip_address())  # ray.init connects there instead of loopback
+    for h in hosts:
+        try:
+            with socket.create_connection((h, int(port)), timeout=timeout):
+                return
+        except OSError:
+            continue
+    raise LayerleakError(f"no Ray cluster answers at {address} (RAY_ADDRESS/ray.address): start one with "
+                         f"'ray start --head', fix the address, or unset it to run locally")
+
+
+@contextmanager
+def remote_errors() -> Iterator[None]:
+    """Let a LayerleakError raised inside a Ray task or actor reach the CLI as one line, not a remote traceback."""
+    try:
+        yield
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, LayerleakError):
+            # sibling tasks fail the same way; Ray would print each one's traceback at exit
+            os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+            raise LayerleakError(str(e.cause)) from None
+        raise
+
+
 def gpus_available() -> int:
     """GPUs the Ray cluster offers (0 on CPU-only clusters)."""
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def placeable(n: int, what: str, key: str) -> int:
+    """At most as many one-CPU actors as the cluster has CPUs: ActorPool would wait forever on one never placed.
+
+    A cluster with no CPUs yet (an autoscaler still adding workers) is left alone.
+    """
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if 0 < cpus < n:
+        print(f"[layerleak] {what}: {key}={n} but the cluster has {cpus} CPUs; starting {cpus} actors "
+              f"(a local instance takes more with --set ray.num_cpus={n})")
+        return cpus
+    return n
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, Splits
 from mia_tasks.transforms import fit_transform_pair
 from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
 
-from .runtime import gpus_available, init_ray, remote_errors
+from .runtime import gpus_available, init_ray, placeable, remote_errors
 
 
 def attack_data(features: Features, splits: Splits, columns: list[str], transform: str = "none") -> list[dict[str, np.ndarray]]:
@@ -100,7 +100,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
             cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
                              max_task_retries=cfg.ray.max_retries)(Fitter)
             data_ref.append(ray.put(data))
-            n = gpus if gpus else cfg.ray.fit_actors
+            n = gpus if gpus else placeable(cfg.ray.fit_actors, "sweep", "ray.fit_actors")
             fitters.extend(cls.remote(data_ref, [len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)

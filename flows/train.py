@@ -17,7 +17,7 @@ from mia_tasks.splits import Splits, make_splits
 from mia_tasks.target import build_target, load_target, save_target
 from mia_tasks.train import accuracy, resolve_device, train_target
 
-from .runtime import gpus_available, init_ray, stage
+from .runtime import gpus_available, init_ray, remote_errors, stage
 
 SPLITS = "splits.parquet"
 MEMBERS = "target/members.parquet"
@@ -73,7 +73,8 @@ def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: S
     else:
         init_ray(cfg.ray)
         gpu = 1 if gpus_available() and cfg.train.device != "cpu" else 0
-        metrics = ray.get(_train_task.options(num_gpus=gpu).remote(cfg, rd.uri, splits.target_members))
+        with remote_errors():
+            metrics = ray.get(_train_task.options(num_gpus=gpu).remote(cfg, rd.uri, splits.target_members))
     metrics.update(config_hash=hashes["target"], dataset=cfg.dataset.name, arch=cfg.model.arch,
                    overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
     rd.write_json(METRICS, metrics)

@@ -53,18 +53,28 @@ def stop_ray_head(port: int) -> None:
     import signal
 
     needles = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
+    parents: dict[int, int] = {}
+    matched: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
         if any(n in cmd for n in needles):
-            try:
-                os.kill(int(proc.name), signal.SIGKILL)
-            except OSError:
-                pass
+            matched.add(int(proc.name))
+    grew = True
+    while grew:  # the matched processes' descendants too (workers rename themselves)
+        more = {pid for pid, ppid in parents.items() if ppid in matched} - matched
+        matched |= more
+        grew = bool(more)
+    for pid in matched:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +83,11 @@ def ray_head():
     import ray
 
     port = _free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Ray's single-machine switch keeps every server on 127.0.0.1 (on Linux it would use the routable IP).
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                    "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=400000000"],
+                    "--include-dashboard=false", "--disable-usage-stats", "--object-store-memory=400000000",
+                    f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}"],
                    check=True, capture_output=True, env=env, timeout=120)
     address = f"127.0.0.1:{port}"
     old = os.environ.get("RAY_ADDRESS")
