@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import ray
@@ -21,7 +21,10 @@ def init_ray(ray_cfg) -> None:
     try:
         if address:
             _check_reachable(address)
-            ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+            host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+            # A head on loopback listens on 127.0.0.1 only: join it the same way (Ray would dial the routable IP).
+            with _loopback_only() if host in ("127.0.0.1", "localhost", "::1") else nullcontext():
+                ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only instance of our own: no token needed
             # address="local": always a new instance; with None, ray.init would join whatever cluster

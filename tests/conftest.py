@@ -92,6 +92,7 @@ def ray_head():
     address = f"127.0.0.1:{port}"
     old = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = address
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # drivers joining it stay on loopback too
     try:
         yield address
     finally:
