@@ -19,7 +19,7 @@ TINY = [
     "dataset.name=synthetic", "dataset.synthetic_train=240", "dataset.synthetic_test=80",
     "split.members=60", "split.nonmembers=60", "split.attack_train=30", "split.attack_eval=30", "split.repeats=2",
     "train.epochs=15", "train.batch_size=16", "features.shard_size=25", "features.batch_size=32",
-    "ray.num_cpus=2", "ray.extract_actors=2", "ray.fit_actors=2", "sweep.chunk_size=4",
+    "ray.num_cpus=2", "ray.extract_actors=2", "ray.fit_actors=2", "sweep.chunk_size=4", "attack.C=1.0",
 ]
 
 

@@ -171,7 +171,9 @@ def test_fitter_killed_mid_chunk_is_replaced(tiny_run, ray_head, tmp_path):
     killed = kill_mid_task(proc, "Fitter", "fit", gcs_port(ray_head), seen)
     log = watch_until_done(proc, "Fitter", gcs_port(ray_head), seen)
     assert proc.returncode == 0, log[-3000:]
-    assert killed in seen and len(seen) >= 3, seen
+    # The replacement may fit its one retried chunk between two polls, so it need not be seen: that the
+    # killed actor's chunk is in the complete table below is the proof that Ray redid it.
+    assert killed in seen, seen
     assert "30 coalition fits" in log
     visible = [p.name for p in (out / "sweep").iterdir() if not p.name.startswith(".")]
     assert len(visible) == 30  # one whole part per chunk; a write cut short leaves only a hidden temporary
