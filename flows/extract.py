@@ -90,7 +90,7 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
     init_ray(cfg.ray)
     gpus = gpus_available() if cfg.features.device != "cpu" else 0
     n_actors = min(len(todo), gpus if gpus else placeable(cfg.ray.extract_actors, "extract", "ray.extract_actors"))
-    actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 1,
+    actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1,
                            max_restarts=cfg.ray.max_retries, max_task_retries=cfg.ray.max_retries)(Extractor)
     actors = [actor_cls.remote(cfg, rd.uri, hashes["features"], layers) for _ in range(n_actors)]
     pool = ActorPool(actors)
