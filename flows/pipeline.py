@@ -25,14 +25,14 @@ def _extract(cfg: Config, rd: RunDir, hashes: dict, args):
     return splits, load_features(rd, hashes["features"])
 
 
-def _sweep(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
+def _sweep(cfg: Config, rd: RunDir, hashes: dict, args):
     from .sweep import sweep_flow
 
     splits, features = _extract(cfg, rd, hashes, args)
     with stage("sweep"):
         report = sweep_flow(cfg, rd, hashes, splits, features)
     print_shapley(report)
-    return report
+    return splits, features
 
 
 def _attack(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
@@ -74,12 +74,8 @@ def _run(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
     """The whole audit: train, extract, sweep, the seed study's experiments (logistic, cheap), then the report."""
     from .paper import paper_flow
     from .report import report_flow
-    from .sweep import sweep_flow
 
-    splits, features = _extract(cfg, rd, hashes, args)
-    with stage("sweep"):
-        shapley = sweep_flow(cfg, rd, hashes, splits, features)
-    print_shapley(shapley)
+    splits, features = _sweep(cfg, rd, hashes, args)
     with stage("paper (all, logistic)"):
         paper_flow(cfg, rd, hashes, splits, features, "all", "logistic")
     with stage("report"):
