@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import resource
 import statistics
@@ -40,6 +39,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .bench_common import finish
 
 ARCHS = {"alexnet": ("alexnet", {}), "resnet20": ("resnet", {"depth": 20})}
 NUM_CLASSES = 100
@@ -246,15 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer rounds and samples, batches 16 and --batch only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
-    from mia_tasks.errors import LayerleakError
-
-    try:
-        result = run(args.device, args.n, args.batch, args.quick, args.threads)
-    except LayerleakError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
-    return 0
+    return finish(lambda: run(args.device, args.n, args.batch, args.quick, args.threads), args.json, format_table)
 
 
 if __name__ == "__main__":

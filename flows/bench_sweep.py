@@ -38,7 +38,6 @@ every figure gets several times worse: benchmark with --threads 1 there.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -46,6 +45,8 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+
+from .bench_common import finish
 
 PER_PLAYER = 7
 N_SAMPLES = 10_000
@@ -221,15 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch and BLAS threads (default: torch's choice)")
     p.add_argument("--n", type=int, default=3, help="timed L=12 sweeps by the project (default 3)")
     args = p.parse_args(argv)
-    from mia_tasks.errors import LayerleakError
-
-    try:
-        result = run(args.device, args.quick, args.threads, args.n)
-    except LayerleakError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=1) if args.json else format_table(result))
-    return 0
+    return finish(lambda: run(args.device, args.quick, args.threads, args.n), args.json, format_table)
 
 
 if __name__ == "__main__":
