@@ -45,7 +45,8 @@ def _kib(text: str, key: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (children, their children, ...), from /proc."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -83,7 +84,7 @@ class Sampler(threading.Thread):
         while not self.stop.is_set():
             with_pss = self.samples % 10 == 0  # smaps_rollup walks every mapping: read it on every 10th sample only
             rss = pss = fit_rss = fitters = 0
-            for pid in [self.driver, *_descendants(self.driver)]:
+            for pid in [self.driver, *descendants(self.driver)]:
                 status = _read(f"/proc/{pid}/status")
                 if not status:
                     continue

@@ -52,24 +52,21 @@ def stop_ray_head(port: int) -> None:
     """Stop only the Ray processes of the head on ``port`` (``ray stop`` would stop every Ray on the machine)."""
     import signal
 
+    from flows.bench_load import descendants
+
     needles = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
-    parents: dict[int, int] = {}
     matched: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
         if any(n in cmd for n in needles):
             matched.add(int(proc.name))
-    grew = True
-    while grew:  # the matched processes' descendants too (workers rename themselves)
-        more = {pid for pid, ppid in parents.items() if ppid in matched} - matched
-        matched |= more
-        grew = bool(more)
+    for pid in list(matched):  # their descendants too (workers rename themselves)
+        matched.update(descendants(pid))
     for pid in matched:
         try:
             os.kill(pid, signal.SIGKILL)

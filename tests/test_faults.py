@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, cli_cmd, run_cli, tiny_args
+from flows.bench_load import descendants
 
 
 # --- processes, read from /proc (no psutil needed) ------------------------------------------------
@@ -47,19 +48,6 @@ def parent(pid: int) -> int:
 
 def all_pids() -> list[int]:
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root`` (children, their children, ...)."""
-    children: dict[int, list[int]] = {}
-    for pid in all_pids():
-        children.setdefault(parent(pid), []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 def actor_pids(title: str, gcs_port: int) -> list[int]:
