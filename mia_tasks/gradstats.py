@@ -205,28 +205,32 @@ def _chunk_moments(G: Tensor) -> Tensor:
 def _contracted_moments(g: Tensor, A: Tensor) -> Tensor:
     """Σx², Σx³, Σx⁴ over G = g Aᵀ (summed over groups) without forming G, float64 [b, 3].
 
-    g [b, Gr, n, L], A [b, Gr, m, L]: Σ_ij (Σ_p g_ip A_jp)^k = Σ_{p..} (Σ_i Π g_i·)(Σ_j Π A_j·), with
-    L^k-sized contractions; worth it only when L is small. Done in float64: the terms can cancel.
+    g [b, Gr, n, L], A [b, Gr, m, L]: Σ_ij (Σ_p g_ip A_jp)^k = Σ_{p..} (Σ_i Π g_i·)(Σ_j Π A_j·). Both sides
+    come from one Gram matrix of [x, products of the unique position pairs p ≤ q] (L + L(L+1)/2 columns),
+    pairs p < q counted twice; worth it only when L is small. Done in float64: the terms can cancel.
     """
-    g, A = g.to(torch.float64), A.to(torch.float64)
-    b, gr, _, L = g.shape
+    L = g.shape[-1]
+    p, q = torch.triu_indices(L, L, device=g.device)
+    w = torch.where(p == q, 1.0, 2.0).to(torch.float64)  # multiplicity of each unique pair
 
-    def parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pair = (x.unsqueeze(-1) * x.unsqueeze(-2)).reshape(b, gr, x.shape[2], L * L)  # [b, Gr, n, L²]
-        pt = pair.transpose(-1, -2)
-        return x.transpose(-1, -2) @ x, pt @ x, pt @ pair  # [L, L], [L², L], [L², L²] per sample and group
+    def gram(x: Tensor) -> Tensor:
+        xt = x.transpose(-1, -2).to(torch.float64, memory_format=torch.contiguous_format)  # [b, Gr, L, rows]
+        f = torch.cat([xt, xt[:, :, p] * xt[:, :, q]], -2)  # [b, Gr, L + P, rows]
+        return f @ f.transpose(-1, -2)  # [b, Gr, L + P, L + P]
 
-    gg, gt, gq = parts(g)
-    ag, at, aq = parts(A)
-    return torch.stack([(gg * ag).sum((1, 2, 3)), (gt * at).sum((1, 2, 3)), (gq * aq).sum((1, 2, 3))], 1)
+    prod = (gram(g) * gram(A)).sum(1)  # [b, L + P, L + P], groups summed
+    s2 = prod[:, :L, :L].sum((1, 2))
+    s3 = (prod[:, L:, :L].sum(2) * w).sum(1)
+    s4 = (prod[:, L:, L:] * (w[:, None] * w)).sum((1, 2))
+    return torch.stack([s2, s3, s4], 1)
 
 
 def _chunked_sums(B: int, numel: int, build: Callable[[int, int], Tensor], per_sample_bytes: int, plan: _Plan,
-                  s1: Callable[[int, int], Tensor] | None = None, moments: Callable[[int, int], Tensor] | None = None) -> Tensor:
+                  s1: Tensor | None = None, moments: Tensor | None = None) -> Tensor:
     """Power sums [B, 8] of per-sample vectors of ``numel`` values that ``build(b0, b1)`` materialises [b, numel]
-    a chunk of samples at a time, reduced at once and dropped. ``s1`` / ``moments`` (b0, b1) -> [b] / [b, 3]
-    supply Σx / (Σx², Σx³, Σx⁴) from factors instead of passes over the chunk (eager only: compiled, one
-    fused read gives everything)."""
+    a chunk of samples at a time, reduced at once and dropped. ``s1`` [B] / ``moments`` [B, 3] (Σx / Σx², Σx³,
+    Σx⁴), when given, come from factors and spare passes over the chunks (eager only: compiled, one fused read
+    gives everything)."""
     chunk = max(1, min(B, plan.budget_bytes // max(1, per_sample_bytes), _TILE_BYTES // max(1, per_sample_bytes)))
     parts = []
     for b0 in range(0, B, chunk):
@@ -234,8 +238,8 @@ def _chunked_sums(B: int, numel: int, build: Callable[[int, int], Tensor], per_s
         G = build(b0, b1)
         r = _reduce("raw", _raw_sums_fused, G, plan.compiled)
         if r is None:
-            mom = _chunk_moments(G) if moments is None else moments(b0, b1)
-            sum1 = G.sum(1) if s1 is None else s1(b0, b1)
+            mom = _chunk_moments(G) if moments is None else moments[b0:b1]
+            sum1 = G.sum(1) if s1 is None else s1[b0:b1]
             mx, mn = G.amax(1), G.amin(1)
             l1 = G.abs_().sum(1)
             r = torch.stack([sum1.to(mom.dtype), mom[:, 0], mom[:, 1], mom[:, 2], l1.to(mom.dtype), mx.to(mom.dtype), mn.to(mom.dtype)], 1)
@@ -246,11 +250,18 @@ def _chunked_sums(B: int, numel: int, build: Callable[[int, int], Tensor], per_s
     return torch.cat([cnt, r[:, :4], r[:, 4:5], r[:, 5:6], r[:, 6:7]], 1)
 
 
+# Cap on the bytes of one block of input patches and factor contractions (all samples of a small layer).
+_BLOCK_BYTES = 32 << 20
+
+
 def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan: _Plan) -> Tensor:
     """Power sums [B, 8] of the per-sample weight gradients G_b = g_b A_bᵀ (per group) via batched matmul.
 
     g [B, Gr, n, L] output gradients per group; A [B, Gr, m, L] input patches, or a function
-    (start, stop) -> that slice, so the patches of the whole batch never exist at once.
+    (start, stop) -> that slice, so the patches of the whole batch never exist at once. Samples go in
+    blocks: the block's patches are made once, Σx (and, for few positions L, Σx², Σx³, Σx⁴) come from
+    factor contractions batched over the block, and only what needs the values (max, min, L1) reads G,
+    materialised a cache-sized chunk at a time.
     """
     B, gr, n, L = g.shape
     patches = A if callable(A) else (lambda b0, b1: A[b0:b1])
@@ -258,25 +269,22 @@ def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan:
     esize = g.element_size()
     contract = not plan.compiled and L ** 4 * (n + m) <= 4 * n * m  # moments from L^k contractions, not passes over G
     factor_s1 = not plan.compiled and L * (n + m) < n * m
-    per_sample = (1 if contract else 2) * gr * n * m * esize + gr * m * L * esize + (8 * gr * L * L * (n + m + L * L) if contract else 0)
-    cache: dict[tuple[int, int], Tensor] = {}
+    per_sample_block = gr * m * L * esize + (8 * gr * L * L * (n + m + L * L) if contract else 0)
+    per_sample_chunk = (1 if contract else 2) * gr * n * m * esize
+    half = max(1, plan.budget_bytes // 2)
+    block = max(1, min(B, half // per_sample_block, _BLOCK_BYTES // per_sample_block))
+    parts = []
+    for b0 in range(0, B, block):
+        b1 = min(B, b0 + block)
+        gb, pb = g[b0:b1], patches(b0, b1)
+        s1 = (gb.sum(2) * pb.sum(2)).sum((1, 2)) if factor_s1 else None  # Σx = Σ_p (Σ_i g_ip)(Σ_j A_jp)
+        moments = _contracted_moments(gb, pb) if contract else None
 
-    def chunk_patches(b0: int, b1: int) -> Tensor:
-        if (b0, b1) not in cache:
-            cache.clear()
-            cache[(b0, b1)] = patches(b0, b1)
-        return cache[(b0, b1)]
+        def build(c0: int, c1: int) -> Tensor:
+            return torch.matmul(gb[c0:c1], pb[c0:c1].transpose(-1, -2)).reshape(c1 - c0, -1)
 
-    def build(b0: int, b1: int) -> Tensor:
-        return torch.matmul(g[b0:b1], chunk_patches(b0, b1).transpose(-1, -2)).reshape(b1 - b0, -1)
-
-    def s1(b0: int, b1: int) -> Tensor:  # Σx = Σ_p (Σ_i g_ip)(Σ_j A_jp)
-        return (g[b0:b1].sum(2) * chunk_patches(b0, b1).sum(2)).sum((1, 2))
-
-    def moments(b0: int, b1: int) -> Tensor:
-        return _contracted_moments(g[b0:b1], chunk_patches(b0, b1))
-
-    return _chunked_sums(B, gr * n * m, build, per_sample, plan, s1 if factor_s1 else None, moments if contract else None)
+        parts.append(_chunked_sums(b1 - b0, gr * n * m, build, per_sample_chunk, _Plan(half, plan.compiled), s1, moments))
+    return torch.cat(parts)
 
 
 def _padded_input(module: nn.Module, a: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -287,19 +295,70 @@ def _padded_input(module: nn.Module, a: Tensor) -> tuple[Tensor, tuple[int, ...]
     return F.pad(a, list(module._reversed_padding_repeated_twice), mode=mode), (0,) * (a.dim() - 2)
 
 
+def _unfold(module: nn.Module, a: Tensor, padding: tuple[int, ...]) -> Tensor:
+    """F.unfold of a Conv1d/Conv2d input [b, C, *spatial] with the layer's geometry: [b, C·K, L]."""
+    if isinstance(module, nn.Conv2d):
+        return F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
+    return F.unfold(a.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
+                    padding=(0, padding[0]), stride=(1, module.stride[0]))
+
+
 def _conv_patches(module: nn.Module, a: Tensor, padding: tuple[int, ...]) -> Tensor:
     """Unfolded input patches [b, Gr, C/Gr·K, L] of a Conv1d/Conv2d for the (padded) input chunk a."""
-    if isinstance(module, nn.Conv2d):
-        cols = F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
-    else:
-        cols = F.unfold(a.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
-                        padding=(0, padding[0]), stride=(1, module.stride[0]))
+    cols = _unfold(module, a, padding)
     return cols.reshape(cols.shape[0], module.groups, -1, cols.shape[-1])
+
+
+def _source_pixels(module: nn.Module, spatial: tuple[int, ...], padding: tuple[int, ...], device: torch.device) -> Tensor:
+    """[K, L] long: the flat input pixel that kernel offset k reads at output position p, -1 for zero padding."""
+    index = torch.arange(1, math.prod(spatial) + 1, dtype=torch.float64, device=device).reshape(1, 1, *spatial)
+    return _unfold(module, index, padding)[0].round().long() - 1
 
 
 # Output positions from which the per-sample weight gradients come from a grouped convolution backward
 # (one group per sample: oneDNN's weight-gradient kernel) rather than unfold + batched matmul.
 _GROUPED_MIN_POSITIONS = 32
+
+
+def _patch_route_sums(module: nn.Module, a: Tensor, g: Tensor, padding: tuple[int, ...], plan: _Plan) -> Tensor:
+    """Power sums [B, 8] of a conv's per-sample weight gradients from patches, g [B, Gr, n, L].
+
+    On a small, zero-padded map some kernel offsets k read real input at only one output position p (the
+    others read padding): that offset's weight-gradient columns are the outer product g_p a_kᵀ, whose
+    sums come from the factors' sums (as for a Linear layer), and offsets reading only padding give
+    zeros. Only the offsets that see two or more positions are materialised (CIFAR AlexNet's 2x2 maps:
+    5 of 9 offsets).
+    """
+    B, gr, n, L = g.shape
+    C = a.shape[1] // gr
+    src = _source_pixels(module, tuple(a.shape[2:]), padding, g.device)  # [K, L]
+    K = src.shape[0]
+    seen = (src >= 0).sum(1)
+    dense = (seen >= 2).nonzero().flatten()
+    if len(dense) == K:
+        return _outer_chunk_sums(g, lambda b0, b1: _conv_patches(module, a[b0:b1], padding), plan)
+    parts = []
+    if len(dense):
+        def dense_patches(b0: int, b1: int) -> Tensor:
+            P = _conv_patches(module, a[b0:b1], padding).reshape(b1 - b0, gr, C, K, L)
+            return P[:, :, :, dense].reshape(b1 - b0, gr, C * len(dense), L)
+        parts.append(_outer_chunk_sums(g, dense_patches, plan))
+    single = (seen == 1).nonzero().flatten()
+    if len(single):
+        pos = (src[single] >= 0).to(torch.int8).argmax(1)  # the one position each offset sees
+        gk = g[..., pos].transpose(-1, -2).reshape(-1, n)  # [B·Gr·K1, n]
+        ak = a.reshape(B, gr, C, -1)[..., src[single, pos]].transpose(-1, -2).reshape(-1, C)  # [B·Gr·K1, C]
+        blocks = outer_sums(sums_of(gk), sums_of(ak)).reshape(B, -1, 8)
+        parts.append(torch.cat([blocks[:, :, :6].sum(1), blocks[:, :, 6].amax(1, keepdim=True), blocks[:, :, 7].amin(1, keepdim=True)], 1))
+    zero = K - len(dense) - len(single)
+    if zero:  # offsets that read only padding: gr·n·C·zero gradient entries that are exactly 0
+        z = torch.zeros(B, 8, dtype=torch.float64, device=g.device)
+        z[:, 0] = gr * n * C * zero
+        parts.append(z)
+    s = parts[0]
+    for part in parts[1:]:
+        s = merge_sums(s, part)
+    return s
 
 
 def _conv_grad_sums(module: nn.Module, a: Tensor, g: Tensor, plan: _Plan) -> Tensor:
@@ -322,8 +381,7 @@ def _conv_grad_sums(module: nn.Module, a: Tensor, g: Tensor, plan: _Plan) -> Ten
 
         s = _chunked_sums(B, numel, build, 2 * numel * esize, plan)
     else:
-        gl = g.reshape(B, gr, O // gr, L)
-        s = _outer_chunk_sums(gl, lambda b0, b1: _conv_patches(module, a[b0:b1], padding), plan)
+        s = _patch_route_sums(module, a, g.reshape(B, gr, O // gr, L), padding, plan)
     if module.bias is not None:
         s = merge_sums(s, sums_of(g.reshape(B, O, -1).sum(2)))
     return s
