@@ -173,6 +173,26 @@ def test_both_conv_routes(monkeypatch, grouped):
     check_against_loop(ConvNet(conv, x[:1]).double(), x, torch.randint(0, 3, (5,)))
 
 
+@pytest.mark.parametrize("size, kw", [
+    (2, dict(kernel_size=3, padding=1)),  # CIFAR AlexNet conv3-5: 4 offsets see one position, 4 see two, 1 sees all
+    (1, dict(kernel_size=3, padding=1, stride=2)),  # one offset sees the pixel, eight read only padding
+    (3, dict(kernel_size=3, padding=2, dilation=2, groups=2)),
+    (4, dict(kernel_size=5, padding=2)),  # CIFAR AlexNet conv2: every offset sees 4+ positions (no split)
+])
+def test_padding_offsets_as_outer_products(monkeypatch, size, kw):
+    """Kernel offsets that read real input at one output position (or none) are summed from factors."""
+    monkeypatch.setattr(gradstats, "_GROUPED_MIN_POSITIONS", 10**9)
+    torch.manual_seed(size)
+    conv = nn.Conv2d(4, 6, **kw).double()
+    x = torch.randn(3, 4, size, size, dtype=torch.float64)
+    src = gradstats._source_pixels(conv, (size, size), conv.padding, x.device)
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).reshape(3, 4, src.shape[0], src.shape[1])
+    for k, p in (src >= 0).nonzero().tolist():  # the map agrees with a direct unfold of the input
+        assert torch.equal(cols[:, :, k, p], x.flatten(2)[:, :, src[k, p]])
+    assert not cols[:, :, src < 0].any()
+    check_against_loop(ConvNet(conv, x[:1]).double(), x, torch.randint(0, 3, (3,)))
+
+
 @FAST
 @given(st.integers(1, 4), st.integers(0, 2**31 - 1))
 def test_batchnorm_in_eval(batch, seed):
