@@ -13,7 +13,9 @@ and independent of the batch):
 - Conv: the weight gradient Σ_p g_p a_pᵀ over output positions p is materialised for a chunk of samples
   at a time (the chunk follows ``budget_mb``) and reduced at once: with many positions by oneDNN/cuDNN's
   weight-gradient kernel run as a grouped convolution (one group per sample), with few by unfold + batched
-  matmul, where Σx², Σx³, Σx⁴ then come from small L^k contractions and only max/min/L1 read G;
+  matmul, where Σx and (few positions L) Σx², Σx³, Σx⁴ come from small contractions batched over a block
+  of samples and only max/min/L1 read G; on small zero-padded maps, kernel offsets that see a single
+  output position are outer products like a Linear layer's and are never materialised;
 - parameters are frozen during the pass, so autograd skips the batched weight gradients it would
   otherwise compute and throw away (and ``.grad`` fields stay untouched).
 
@@ -345,7 +347,7 @@ def _patch_route_sums(module: nn.Module, a: Tensor, g: Tensor, padding: tuple[in
         parts.append(_outer_chunk_sums(g, dense_patches, plan))
     single = (seen == 1).nonzero().flatten()
     if len(single):
-        pos = (src[single] >= 0).to(torch.int8).argmax(1)  # the one position each offset sees
+        pos = (src[single] >= 0).nonzero()[:, 1]  # the one position each offset sees (row order kept)
         gk = g[..., pos].transpose(-1, -2).reshape(-1, n)  # [B·Gr·K1, n]
         ak = a.reshape(B, gr, C, -1)[..., src[single, pos]].transpose(-1, -2).reshape(-1, C)  # [B·Gr·K1, C]
         blocks = outer_sums(sums_of(gk), sums_of(ak)).reshape(B, -1, 8)
