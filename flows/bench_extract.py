@@ -13,14 +13,7 @@ and reports median and spread of samples/s, the per-round ratios b/a and c/b, an
 project path's peak at batch 16/64/256 against the bound "plain forward+backward at that batch plus
 budget_mb".
 
-Measured (2-core AMD EPYC VM shared with other jobs, load ~6; torch 2.14 CPU; --threads 1; batch 64;
-n=5 interleaved rounds; reference on 16 samples; samples/s median [min - max]; peak MB over model+inputs):
-  alexnet   reference 17.4 [16.2-19.4]  project 158 [153-176]  floor 512 [415-574]
-            project/reference 9.5x [7.9-9.8]; peak MB project 5/8/25 at batch 16/64/256 (floor 11/14/25)
-  resnet20  reference 44.4 [33.1-53.3]  project 118 [107-133]  floor 158 [143-195]
-            project/reference 2.6x [2.4-3.6]; peak MB project 31/105/405 at batch 16/64/256 (floor 25/98/392)
-With 2 threads on the loaded machine every figure drops 5-40x (OpenMP threads wait on a busy core), so
-quote --threads 1 there.
+The measured table, with the machine and date, is in the README (Benchmarks).
 """
 
 from __future__ import annotations
