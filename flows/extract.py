@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow as pa
 import ray
 from ray.util import ActorPool
-from tqdm import tqdm
 
 from mia_tasks.config import Config
 from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir
 
+from .progress import progress
 from .runtime import gpus_available, init_ray, placeable, remote_errors, stage
 
 
@@ -97,7 +97,7 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
     rows = sum(len(ids) for _, ids, _ in todo)
     start = time.perf_counter()
     records = []
-    with tqdm(total=rows, desc=f"extract ({n_actors} {'GPU' if gpus else 'CPU'} actors)", unit="sample") as bar, remote_errors():
+    with progress(rows, f"extract ({n_actors} {'GPU' if gpus else 'CPU'} actors)", "sample") as bar, remote_errors():
         for rec in pool.map_unordered(lambda a, job: a.__call__.remote(*job), todo):
             records.append(rec)
             bar.update(rec["rows"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ray
 from ray.util import ActorPool
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
 from mia_tasks.config import Config
 from mia_tasks.errors import LayerleakError
@@ -27,6 +26,7 @@ from mia_tasks.featurestore import Features
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import Splits
 
+from .progress import progress
 from .runtime import gpus_available, init_ray
 
 
@@ -63,7 +63,7 @@ def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, s
     actors = [cls.remote(cfg, rd.uri) for _ in range(min(len(todo), gpus or cfg.ray.fit_actors))]
     f_ref, s_ref = ray.put(features), ray.put(splits)
     results = {}
-    with tqdm(total=len(todo), desc=f"nasr ({len(actors)} actors)", unit="selection") as bar:
+    with progress(len(todo), f"nasr ({len(actors)} actors)", "selection") as bar:
         for sel, res in zip(todo, ActorPool(actors).map(lambda a, sel: a.__call__.remote(f_ref, s_ref, sel), todo)):
             results[sel.label] = res
             bar.update(1)

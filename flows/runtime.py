@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
@@ -17,6 +18,8 @@ def init_ray(ray_cfg) -> None:
     """Join RAY_ADDRESS / ray.address if given, else start a local instance bound to loopback only."""
     if ray.is_initialized():
         return
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # worker log lines in a file: no terminal colour codes
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
     try:
         if address:

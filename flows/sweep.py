@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 from ray.util import ActorPool
-from tqdm import tqdm
 
 from mia_tasks.config import Config
 from mia_tasks.errors import LayerleakError
@@ -28,6 +27,7 @@ from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, Splits
 from mia_tasks.transforms import fit_transform_pair
 from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
 
+from .progress import progress
 from .runtime import gpus_available, init_ray, placeable, remote_errors
 
 
@@ -105,7 +105,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)
         start = time.perf_counter()
-        with tqdm(total=total, desc=f"sweep ({len(fitters)} fitters)", unit="coalition") as bar, remote_errors():
+        with progress(total, f"sweep ({len(fitters)} fitters)", "coalition") as bar, remote_errors():
             for n_done in ActorPool(fitters).map_unordered(lambda a, job: a.fit.remote(*job), jobs):
                 bar.update(n_done)
         print(f"[layerleak] sweep: {total} coalition fits in {time.perf_counter() - start:.1f}s")

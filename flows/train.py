@@ -17,6 +17,7 @@ from mia_tasks.splits import Splits, make_splits
 from mia_tasks.target import build_target, load_target, save_target
 from mia_tasks.train import accuracy, resolve_device, train_target
 
+from .progress import interactive
 from .runtime import gpus_available, init_ray, remote_errors, stage
 
 SPLITS = "splits.parquet"
@@ -36,20 +37,31 @@ def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits
 
 
 @ray.remote(max_retries=2)
-def _train_task(cfg: Config, out: str, member_ids: np.ndarray) -> dict:
-    from ray.experimental.tqdm_ray import tqdm
-
+def _train_task(cfg: Config, out: str, member_ids: np.ndarray, bar: bool) -> dict:
+    """Train and save the target; progress as a bar on the driver's terminal (``bar``), else a line per
+    tenth of the epochs (a bar would make one endless line in a log)."""
     rd = RunDir(out)
     data = load_dataset(cfg.dataset)
     model = build_target(cfg, data)
-    bar = tqdm(total=cfg.train.epochs, desc="train target")
+    epochs = cfg.train.epochs
+    if bar:
+        from ray.experimental.tqdm_ray import tqdm
 
-    def progress(epoch: int, loss: float) -> None:
-        bar.update(1)
-        bar.set_description(f"train target (loss {loss:.3f})")
+        tq = tqdm(total=epochs, desc="train target")
+
+        def progress(done: int, loss: float) -> None:
+            tq.update(1)
+            tq.set_description(f"train target (loss {loss:.3f})")
+    else:
+        every = max(1, epochs // 10)
+
+        def progress(done: int, loss: float) -> None:
+            if done % every == 0 or done == epochs:
+                print(f"[layerleak] train target: epoch {done}/{epochs}, loss {loss:.3f}", flush=True)
 
     metrics = train_target(model, data, member_ids, cfg.train, cfg.seed, progress)
-    bar.close()
+    if bar:
+        tq.close()
     save_target(model, rd)
     return metrics
 
@@ -74,7 +86,7 @@ def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: S
         init_ray(cfg.ray)
         gpu = 1 if gpus_available() and cfg.train.device != "cpu" else 0
         with remote_errors():
-            metrics = ray.get(_train_task.options(num_gpus=gpu).remote(cfg, rd.uri, splits.target_members))
+            metrics = ray.get(_train_task.options(num_gpus=gpu).remote(cfg, rd.uri, splits.target_members, interactive()))
     metrics.update(config_hash=hashes["target"], dataset=cfg.dataset.name, arch=cfg.model.arch,
                    overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
     rd.write_json(METRICS, metrics)
