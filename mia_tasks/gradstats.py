@@ -26,6 +26,7 @@ vector has kurtosis = skewness = 0 by definition here (scipy gives nan).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -277,7 +278,8 @@ def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan:
     esize = g.element_size()
     contract = not plan.compiled and L ** 4 * (n + m) <= 4 * n * m  # moments from L^k contractions, not passes over G
     factor_s1 = not plan.compiled and L * (n + m) < n * m
-    per_sample_block = gr * m * L * esize + (8 * gr * L * L * (n + m + L * L) if contract else 0)
+    pairs = L * (L + 1) // 2  # float64 [x, pair products] and their pieces, per row of g and of A
+    per_sample_block = gr * m * L * esize + (16 * gr * (L + pairs) * (n + m) if contract else 0)
     per_sample_chunk = (1 if contract else 2) * gr * n * m * esize
     half = max(1, plan.budget_bytes // 2)
     block = max(1, min(B, half // per_sample_block, _BLOCK_BYTES // per_sample_block))
@@ -303,24 +305,50 @@ def _padded_input(module: nn.Module, a: Tensor) -> tuple[Tensor, tuple[int, ...]
     return F.pad(a, list(module._reversed_padding_repeated_twice), mode=mode), (0,) * (a.dim() - 2)
 
 
-def _unfold(module: nn.Module, a: Tensor, padding: tuple[int, ...]) -> Tensor:
-    """F.unfold of a Conv1d/Conv2d input [b, C, *spatial] with the layer's geometry: [b, C·K, L]."""
-    if isinstance(module, nn.Conv2d):
-        return F.unfold(a, module.kernel_size, dilation=module.dilation, padding=padding, stride=module.stride)
-    return F.unfold(a.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
-                    padding=(0, padding[0]), stride=(1, module.stride[0]))
+def _geometry(module: nn.Module) -> tuple:
+    """What unfolding needs of a Conv1d/Conv2d: (2-D?, kernel size, dilation, stride); hashable."""
+    return isinstance(module, nn.Conv2d), tuple(module.kernel_size), tuple(module.dilation), tuple(module.stride)
+
+
+def _unfold(geometry: tuple, a: Tensor, padding: tuple[int, ...]) -> Tensor:
+    """F.unfold of a conv input [b, C, *spatial] with the layer's ``_geometry``: [b, C·K, L]."""
+    two_d, kernel, dilation, stride = geometry
+    if two_d:
+        return F.unfold(a, kernel, dilation=dilation, padding=padding, stride=stride)
+    return F.unfold(a.unsqueeze(2), (1, kernel[0]), dilation=(1, dilation[0]), padding=(0, padding[0]), stride=(1, stride[0]))
 
 
 def _conv_patches(module: nn.Module, a: Tensor, padding: tuple[int, ...]) -> Tensor:
     """Unfolded input patches [b, Gr, C/Gr·K, L] of a Conv1d/Conv2d for the (padded) input chunk a."""
-    cols = _unfold(module, a, padding)
+    cols = _unfold(_geometry(module), a, padding)
     return cols.reshape(cols.shape[0], module.groups, -1, cols.shape[-1])
 
 
-def _source_pixels(module: nn.Module, spatial: tuple[int, ...], padding: tuple[int, ...], device: torch.device) -> Tensor:
+def _source_pixels(geometry: tuple, spatial: tuple[int, ...], padding: tuple[int, ...], device: torch.device) -> Tensor:
     """[K, L] long: the flat input pixel that kernel offset k reads at output position p, -1 for zero padding."""
     index = torch.arange(1, math.prod(spatial) + 1, dtype=torch.float64, device=device).reshape(1, 1, *spatial)
-    return _unfold(module, index, padding)[0].round().long() - 1
+    return _unfold(geometry, index, padding)[0].round().long() - 1
+
+
+@dataclass(frozen=True)
+class _Offsets:
+    """A conv's kernel offsets by how many output positions read real input (not zero padding)."""
+
+    count: int  # K, all offsets
+    dense_src: Tensor  # [Kd, L]: for offsets seeing 2+ positions, source pixel + 1 (0: padding)
+    single_pos: Tensor  # [K1]: for offsets seeing one position, that position ...
+    single_pix: Tensor  # [K1]: ... and the input pixel read there
+    zero: int  # offsets that read only padding
+
+
+@functools.lru_cache(maxsize=256)
+def _offsets(geometry: tuple, spatial: tuple[int, ...], padding: tuple[int, ...], device: torch.device) -> _Offsets:
+    """``_Offsets`` of one layer geometry and input size, made once (no host syncs on later batches)."""
+    src = _source_pixels(geometry, spatial, padding, device)
+    seen = (src >= 0).sum(1)
+    single = (seen == 1).nonzero().flatten()
+    pos = (src[single] >= 0).nonzero()[:, 1]  # row order kept: one position per single offset
+    return _Offsets(src.shape[0], src[seen >= 2] + 1, pos, src[single, pos], int((seen == 0).sum()))
 
 
 # Output positions from which the per-sample weight gradients come from a grouped convolution backward
@@ -335,33 +363,31 @@ def _patch_route_sums(module: nn.Module, a: Tensor, g: Tensor, padding: tuple[in
     others read padding): that offset's weight-gradient columns are the outer product g_p a_kᵀ, whose
     sums come from the factors' sums (as for a Linear layer), and offsets reading only padding give
     zeros. Only the offsets that see two or more positions are materialised (CIFAR AlexNet's 2x2 maps:
-    5 of 9 offsets).
+    5 of 9 offsets), their patches gathered straight from the input.
     """
     B, gr, n, L = g.shape
     C = a.shape[1] // gr
-    src = _source_pixels(module, tuple(a.shape[2:]), padding, g.device)  # [K, L]
-    K = src.shape[0]
-    seen = (src >= 0).sum(1)
-    dense = (seen >= 2).nonzero().flatten()
-    if len(dense) == K:
+    offsets = _offsets(_geometry(module), tuple(a.shape[2:]), padding, g.device)
+    Kd = offsets.dense_src.shape[0]
+    if Kd == offsets.count:
         return _outer_chunk_sums(g, lambda b0, b1: _conv_patches(module, a[b0:b1], padding), plan)
     parts = []
-    if len(dense):
+    if Kd:
+        flat = a.flatten(2)  # [B, C_in, pixels]; gathered with a zero in front for the padding reads
+
         def dense_patches(b0: int, b1: int) -> Tensor:
-            P = _conv_patches(module, a[b0:b1], padding).reshape(b1 - b0, gr, C, K, L)
-            return P[:, :, :, dense].reshape(b1 - b0, gr, C * len(dense), L)
+            return F.pad(flat[b0:b1], (1, 0))[..., offsets.dense_src].reshape(b1 - b0, gr, C * Kd, L)
+
         parts.append(_outer_chunk_sums(g, dense_patches, plan))
-    single = (seen == 1).nonzero().flatten()
-    if len(single):
-        pos = (src[single] >= 0).nonzero()[:, 1]  # the one position each offset sees (row order kept)
-        gk = g[..., pos].transpose(-1, -2).reshape(-1, n)  # [B·Gr·K1, n]
-        ak = a.reshape(B, gr, C, -1)[..., src[single, pos]].transpose(-1, -2).reshape(-1, C)  # [B·Gr·K1, C]
-        blocks = outer_sums(sums_of(gk), sums_of(ak)).reshape(B, -1, 8)
+    if len(offsets.single_pos):
+        # power sums of g at each position and of a at each pixel (over the group's channels), then paired
+        sg = sums_of(g.transpose(-1, -2).reshape(-1, n)).reshape(B, gr, L, 8)[:, :, offsets.single_pos]
+        sa = sums_of(a.reshape(B, gr, C, -1).transpose(-1, -2).reshape(-1, C)).reshape(B, gr, -1, 8)[:, :, offsets.single_pix]
+        blocks = outer_sums(sg.reshape(-1, 8), sa.reshape(-1, 8)).reshape(B, -1, 8)
         parts.append(torch.cat([blocks[:, :, :6].sum(1), blocks[:, :, 6].amax(1, keepdim=True), blocks[:, :, 7].amin(1, keepdim=True)], 1))
-    zero = K - len(dense) - len(single)
-    if zero:  # offsets that read only padding: gr·n·C·zero gradient entries that are exactly 0
+    if offsets.zero:  # gr·n·C gradient entries per padding-only offset, all exactly 0
         z = torch.zeros(B, 8, dtype=torch.float64, device=g.device)
-        z[:, 0] = gr * n * C * zero
+        z[:, 0] = gr * n * C * offsets.zero
         parts.append(z)
     s = parts[0]
     for part in parts[1:]:
@@ -514,9 +540,9 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
     device). The loss is per-sample cross-entropy, summed over the batch for the backward pass, so each
     row is exact and independent of the batch it came in. The model runs in eval mode (BatchNorm uses
     running statistics); its modes, ``requires_grad`` flags and ``.grad`` fields are left as they were.
-    ``budget_mb`` bounds the memory of the per-sample conv gradients materialised at once: chunks of
-    samples, at least one (so the peak is the budget or one sample's weight gradient, whichever is larger),
-    whatever the batch size. ``compile`` (default: on only if env LAYERLEAK_COMPILE=1) fuses the row
+    ``budget_mb`` bounds the memory of the per-sample conv gradients (and their patches) materialised at
+    once: chunks of samples, at least one, so the peak is the budget, or one sample's weight gradient and
+    patches where that is larger, whatever the batch size. ``compile`` (default: on only if env LAYERLEAK_COMPILE=1) fuses the row
     reductions with torch.compile: 10-40 s once per process, then the reductions run 2-6x faster (10-20%
     of the whole pass on CIFAR AlexNet/ResNet-20, CPU); any compile failure falls back to eager.
     """

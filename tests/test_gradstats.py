@@ -185,7 +185,7 @@ def test_padding_offsets_as_outer_products(monkeypatch, size, kw):
     torch.manual_seed(size)
     conv = nn.Conv2d(4, 6, **kw).double()
     x = torch.randn(3, 4, size, size, dtype=torch.float64)
-    src = gradstats._source_pixels(conv, (size, size), conv.padding, x.device)
+    src = gradstats._source_pixels(gradstats._geometry(conv), (size, size), conv.padding, x.device)
     cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).reshape(3, 4, src.shape[0], src.shape[1])
     for k, p in (src >= 0).nonzero().tolist():  # the map agrees with a direct unfold of the input
         assert torch.equal(cols[:, :, k, p], x.flatten(2)[:, :, src[k, p]])
