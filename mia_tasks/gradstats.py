@@ -263,18 +263,18 @@ def _chunked_sums(B: int, numel: int, build: Callable[[int, int], Tensor], per_s
 _BLOCK_BYTES = 32 << 20
 
 
-def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan: _Plan) -> Tensor:
+def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan: _Plan, m: int | None = None) -> Tensor:
     """Power sums [B, 8] of the per-sample weight gradients G_b = g_b A_bᵀ (per group) via batched matmul.
 
     g [B, Gr, n, L] output gradients per group; A [B, Gr, m, L] input patches, or a function
-    (start, stop) -> that slice, so the patches of the whole batch never exist at once. Samples go in
+    (start, stop) -> that slice (then pass ``m``), so the patches of the whole batch never exist at once. Samples go in
     blocks: the block's patches are made once, Σx (and, for few positions L, Σx², Σx³, Σx⁴) come from
     factor contractions batched over the block, and only what needs the values (max, min, L1) reads G,
     materialised a cache-sized chunk at a time.
     """
     B, gr, n, L = g.shape
     patches = A if callable(A) else (lambda b0, b1: A[b0:b1])
-    m = patches(0, 1).shape[2]
+    m = A.shape[2] if m is None else m
     esize = g.element_size()
     contract = not plan.compiled and L ** 4 * (n + m) <= 4 * n * m  # moments from L^k contractions, not passes over G
     factor_s1 = not plan.compiled and L * (n + m) < n * m
@@ -370,7 +370,7 @@ def _patch_route_sums(module: nn.Module, a: Tensor, g: Tensor, padding: tuple[in
     offsets = _offsets(_geometry(module), tuple(a.shape[2:]), padding, g.device)
     Kd = offsets.dense_src.shape[0]
     if Kd == offsets.count:
-        return _outer_chunk_sums(g, lambda b0, b1: _conv_patches(module, a[b0:b1], padding), plan)
+        return _outer_chunk_sums(g, lambda b0, b1: _conv_patches(module, a[b0:b1], padding), plan, C * offsets.count)
     parts = []
     if Kd:
         flat = a.flatten(2)  # [B, C_in, pixels]; gathered with a zero in front for the padding reads
@@ -378,7 +378,7 @@ def _patch_route_sums(module: nn.Module, a: Tensor, g: Tensor, padding: tuple[in
         def dense_patches(b0: int, b1: int) -> Tensor:
             return F.pad(flat[b0:b1], (1, 0))[..., offsets.dense_src].reshape(b1 - b0, gr, C * Kd, L)
 
-        parts.append(_outer_chunk_sums(g, dense_patches, plan))
+        parts.append(_outer_chunk_sums(g, dense_patches, plan, C * Kd))
     if len(offsets.single_pos):
         # power sums of g at each position and of a at each pixel (over the group's channels), then paired
         sg = sums_of(g.transpose(-1, -2).reshape(-1, n)).reshape(B, gr, L, 8)[:, :, offsets.single_pos]

@@ -193,6 +193,31 @@ def test_padding_offsets_as_outer_products(monkeypatch, size, kw):
     check_against_loop(ConvNet(conv, x[:1]).double(), x, torch.randint(0, 3, (3,)))
 
 
+def test_patches_stay_within_the_budget(monkeypatch):
+    """The patches made at once (all offsets, or only the dense ones) fit in the budget, whatever the batch."""
+    monkeypatch.setattr(gradstats, "_GROUPED_MIN_POSITIONS", 10**9)
+    made = []
+    real = gradstats._outer_chunk_sums
+
+    def spy(g, A, plan, m):
+        def patches(b0, b1):
+            P = A(b0, b1)
+            assert P.shape[2] == m
+            made.append((b1 - b0, P.numel() * P.element_size()))
+            return P
+        return real(g, patches, plan, m)
+
+    monkeypatch.setattr(gradstats, "_outer_chunk_sums", spy)
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(64, 8, 7, padding=3), nn.Conv2d(64, 8, 3, padding=1)):  # 1 of 49 / 5 of 9 offsets dense
+        made.clear()
+        x = torch.randn(256, 64, 2, 2)
+        per_sample_grad_stats(ConvNet(conv, x[:1]), x, torch.randint(0, 3, (256,)), budget_mb=0.25)
+        assert made and max(bytes_ for _, bytes_ in made) <= 0.25 * 2**20 / 2
+        assert sum(n for n, _ in made) == 256  # every sample once, in several blocks
+        assert len(made) > 1
+
+
 @FAST
 @given(st.integers(1, 4), st.integers(0, 2**31 - 1))
 def test_batchnorm_in_eval(batch, seed):
