@@ -2,8 +2,8 @@
 
     layerleak sweep --out runs/default
 
-Coalitions of every repeat are cut into chunks; fitter actors (the attack data shared once through
-the object store) fit a chunk with the batched logistic-regression fitter and write
+Coalitions of every repeat are cut into chunks; fitter actors (each repeat's attack data shared once
+through the object store) fit a chunk with the batched logistic-regression fitter and write
 OUT/sweep/part-*.parquet rows keyed by (coalition, repeat). A rerun reads the keys present and
 submits only the missing ones; once the table is complete, OUT/shapley.json.
 """
@@ -24,8 +24,8 @@ from mia_tasks.featurestore import Features
 from mia_tasks.players import make_players, player_columns
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, Splits
-from mia_tasks.transforms import fit_transform_pair
 from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
+from mia_tasks.transforms import fit_transform_pair
 
 from .progress import progress
 from .runtime import gpus_available, init_ray, placeable, remote_errors
@@ -44,14 +44,16 @@ def attack_data(features: Features, splits: Splits, columns: list[str], transfor
 
 
 class Fitter:
-    """Holds the attack data of every repeat; ``fit`` writes one chunk of coalitions as a sweep part."""
+    """Fits chunks of coalitions of one repeat and writes each as a sweep part.
 
-    def __init__(self, data_ref: list, widths: list[int], out: str, config_hash: str, C: float, device: str):
+    The attack data of a repeat comes with each call as an object-store ref that the driver holds: Ray
+    hands the actor zero-copy numpy views (fetched once per node), and a retried call after an actor
+    restart finds the same data. Nothing lives in the constructor, so a restart needs nothing back.
+    """
+
+    def __init__(self, widths: list[int], out: str, config_hash: str, C: float, device: str):
         import torch
 
-        # The attack data travels once through the object store; the ref comes wrapped in a list so
-        # that a restarted actor resolves it again instead of Ray inlining it into the constructor.
-        self.data = ray.get(data_ref[0])
         self.rd, self.hash, self.C = RunDir(out), config_hash, C
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
         self.offsets = np.concatenate([[0], np.cumsum(widths)])
@@ -62,10 +64,9 @@ class Fitter:
         bits = (coalitions[:, None] >> np.arange(n_players)[None, :]) & 1
         return np.repeat(bits.astype(bool), np.diff(self.offsets), axis=1)
 
-    def fit(self, repeat: int, coalitions: np.ndarray) -> int:
+    def fit(self, d: dict[str, np.ndarray], repeat: int, coalitions: np.ndarray) -> int:
         from mia_tasks.coalitions import fit_coalitions
 
-        d = self.data[repeat]
         res = fit_coalitions(d["X_train"], d["y_train"], d["X_eval"], d["y_eval"], self.column_masks(coalitions),
                              C=self.C, device=self.device)
         table = pa.table({"coalition": pa.array(coalitions, pa.int64()), "repeat": pa.array(np.full(len(coalitions), repeat), pa.int64()),
@@ -86,7 +87,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
     cols = player_columns(players, cfg.sweep.kinds)
     data = attack_data(features, splits, [c for pc in cols for c in pc], cfg.attack.transform)
     fitters: list = []
-    data_ref: list = []  # keeps the attack data alive in the object store while fitters may restart
+    data_refs: list = []  # one per repeat, held here so retried calls after a restart still find the data
 
     def evaluate(repeat_masks: dict[int, np.ndarray]) -> None:
         """Fit the given coalitions of each repeat through the actor pool, in chunks (one part each)."""
@@ -99,14 +100,14 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
             gpus = gpus_available() if cfg.sweep.device != "cpu" else 0
             cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
                              max_task_retries=cfg.ray.max_retries)(Fitter)
-            data_ref.append(ray.put(data))
+            data_refs.extend(ray.put(d) for d in data)
             n = gpus if gpus else placeable(cfg.ray.fit_actors, "sweep", "ray.fit_actors")
-            fitters.extend(cls.remote(data_ref, [len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
+            fitters.extend(cls.remote([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)
         start = time.perf_counter()
         with progress(total, f"sweep ({len(fitters)} fitters)", "coalition") as bar, remote_errors():
-            for n_done in ActorPool(fitters).map_unordered(lambda a, job: a.fit.remote(*job), jobs):
+            for n_done in ActorPool(fitters).map_unordered(lambda a, job: a.fit.remote(data_refs[job[0]], *job), jobs):
                 bar.update(n_done)
         print(f"[layerleak] sweep: {total} coalition fits in {time.perf_counter() - start:.1f}s")
 
