@@ -35,6 +35,17 @@ def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers
     return run_attack("nasr", features, splits, layers, model=model, data=data, nasr=options, seed=cfg.seed)
 
 
+def attack_settings(cfg: Config, name: str) -> dict:
+    """Everything besides the features and the layer/kind selection that changes an attack's numbers:
+    a saved result is reused or reported only when these match the config."""
+    a = cfg.attack
+    if name == "nasr":
+        return {"seed": cfg.seed, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size}
+    if name == "loss-threshold":
+        return {"seed": cfg.seed}
+    return {"seed": cfg.seed, "C": a.C, "transform": a.transform}
+
+
 def result_name(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str]) -> str:
     """attacks/<name>.json for the default selection, else a name that says which layers and kinds."""
     parts = [name]
@@ -55,7 +66,7 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
                                                                  layers or cfg.attack.nasr_layers))
     else:
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed)
-    result.update(config_hash=hashes["features"], C=cfg.attack.C)
+    result.update(config_hash=hashes["features"], settings=attack_settings(cfg, name))
     path = result_name(name, layers, kinds, cfg.attack.kinds)
     rd.write_json(path, result)
     m = result["metrics"]

@@ -27,6 +27,14 @@ def _read(rd: RunDir, rel: str) -> dict | None:
         return None
 
 
+def _attack_current(rec: dict | None, cfg: Config, hashes: dict) -> bool:
+    """A saved attack result made from these features with this config's attack settings."""
+    from .attack import attack_settings
+
+    return (rec is not None and rec.get("config_hash") == hashes["features"]
+            and rec.get("settings") == attack_settings(cfg, rec.get("attack", "")))
+
+
 def ensure_roc_attacks(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> None:
     """Run the all-layer logistic attack and the loss-threshold baseline unless OUT holds them for these features."""
     from .attack import attack_flow, result_name
@@ -34,7 +42,7 @@ def ensure_roc_attacks(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, fe
     for name in ("logistic", "loss-threshold"):
         path = result_name(name, None, list(cfg.attack.kinds), cfg.attack.kinds)
         have = _read(rd, path) if rd.exists(path) else None
-        ok = have is not None and have.get("config_hash") == hashes["features"] and (
+        ok = _attack_current(have, cfg, hashes) and (
             name != "logistic" or (have.get("layers") == list(features.layers) and sorted(have.get("kinds", [])) == sorted(cfg.attack.kinds)))
         if not ok:
             attack_flow(cfg, rd, hashes, splits, features, name, None, list(cfg.attack.kinds))
@@ -65,7 +73,7 @@ def gather(cfg: Config, rd: RunDir, hashes: dict, features: Features) -> dict:
     attacks = {}
     for fname in rd.listdir("attacks", ".json"):
         rec = _read(rd, f"attacks/{fname}")
-        if rec is not None and rec.get("config_hash") == hashes["features"]:
+        if _attack_current(rec, cfg, hashes):
             attacks[fname[:-len(".json")]] = rec
         else:
             ignored.append(f"attacks/{fname}")

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import run_cli, tiny_args
 from mia_tasks.report import (ALPHA, build_report, conclusion, headline_text, make_plots, render_html, render_markdown,
                               spearman, verdict)
 
@@ -130,3 +132,23 @@ def test_report_from_shapley_alone_renders_and_is_strict_json():
     assert "![" in md and "single_layer" not in md and "SUPPORTED" in md
     assert render_html(report, plots).count("data:image/png;base64,") == 2
     assert "| l5 | 6 | 600 |" in headline_text(report)
+
+
+def test_report_redoes_attacks_made_with_other_settings(tiny_run, tmp_path):
+    """A changed attack.C: the logistic attack is refitted, not reused from OUT; the loss baseline (no C)
+    is reused. (The sweep made with the old C must go first: OUT refuses to mix sweeps of two configs.)"""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    shutil.rmtree(out / "sweep")
+    (out / "shapley.json").unlink()
+    before = {name: json.loads((out / f"attacks/{name}.json").read_text()) for name in ("logistic", "loss-threshold")}
+    assert before["logistic"]["settings"]["C"] == 1.0
+    proc = run_cli("report", *tiny_args(out, "attack.C=0.05"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    after = {name: json.loads((out / f"attacks/{name}.json").read_text()) for name in ("logistic", "loss-threshold")}
+    assert after["logistic"]["settings"]["C"] == 0.05
+    assert after["logistic"]["per_repeat"] != before["logistic"]["per_repeat"]
+    assert after["loss-threshold"] == before["loss-threshold"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["attacks"]["logistic"]["settings"]["C"] == 0.05
+    assert report["shapley"] is None
