@@ -74,7 +74,7 @@ def _methods(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, n_ref: in
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -112,12 +112,13 @@ def _peak_child(arch: str, method: str, batch: int, device: str, threads: int, n
     call, _ = _methods(model, x, y, n_ref)[method]
     if device.startswith("cuda"):
         call()
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+        gc.collect()
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         call()
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated() - base)
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device) - base)
     # One warm-up call first: the first call pages in library code and fills caches (file-backed RSS that
     # varies run to run). ru_maxrss survives exec (it would hold the parent's peak), so read this process's
     # own high-water mark, reset just before the measured call, where /proc allows.

@@ -21,15 +21,13 @@ from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir
 
 from .progress import progress
-from .runtime import gpus_available, init_ray, placeable, remote_errors, stage
+from .runtime import gpus_available, init_ray, placeable, remote_errors
 
 
 class Extractor:
     """Loads the target once; ``__call__`` writes one shard's features part and reports where it ran."""
 
     def __init__(self, cfg: Config, out: str, config_hash: str, layers: list[dict]):
-        import torch
-
         from mia_tasks.data import load_dataset
         from mia_tasks.target import load_target
         from mia_tasks.train import resolve_device
@@ -37,9 +35,8 @@ class Extractor:
         self.cfg, self.hash, self.layers = cfg, config_hash, layers
         self.rd = RunDir(out)
         self.data = load_dataset(cfg.dataset)
-        device = resolve_device(cfg.features.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            device = torch.device("cpu")  # a GPU resource was declared but CUDA is absent: fall back
+        # A GPU resource declared on a node whose CUDA is absent: fall back to the CPU, recorded per part.
+        device = resolve_device(cfg.features.device, "features.device", fallback=True)
         self.device = device
         self.model = load_target(cfg, self.rd, self.data).to(device)
 

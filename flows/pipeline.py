@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mia_tasks.config import Config
-from mia_tasks.featurestore import Features, load_features
+from mia_tasks.featurestore import load_features
 from mia_tasks.rundir import RunDir
 from mia_tasks.target import layer_table, load_target
 

@@ -11,7 +11,6 @@ submits only the missing ones; once the table is complete, OUT/shapley.json.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 
 import numpy as np
 import pyarrow as pa

@@ -11,7 +11,6 @@ import ray
 
 from mia_tasks.config import Config
 from mia_tasks.data import ImageData, load_dataset
-from mia_tasks.errors import LayerleakError
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import Splits, make_splits
 from mia_tasks.target import build_target, load_target, save_target

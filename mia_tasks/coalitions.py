@@ -395,7 +395,8 @@ def batched_metrics(Z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]
 def _memory_budget(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # ours to reuse
+        return int((free + cached) * 0.5)
     return 1 << 30
 
 

@@ -30,8 +30,9 @@ import functools
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -203,6 +204,10 @@ def stats_from_sums(s: Tensor, tol: float = _const_tol(torch.float64)) -> Tensor
 class _Plan:
     budget_bytes: int  # cap on the bytes of per-sample gradients materialised at once
     compiled: bool  # torch.compile the row reductions
+    cached: bool = True  # CPU: keep chunks cache-sized (_TILE_BYTES, _BLOCK_BYTES); GPU: the budget alone decides
+
+    def tile(self, cap: int) -> int:
+        return min(self.budget_bytes, cap) if self.cached else self.budget_bytes
 
 
 def _chunk_moments(G: Tensor) -> Tensor:
@@ -240,7 +245,7 @@ def _chunked_sums(B: int, numel: int, build: Callable[[int, int], Tensor], per_s
     a chunk of samples at a time, reduced at once and dropped. ``s1`` [B] / ``moments`` [B, 3] (Σx / Σx², Σx³,
     Σx⁴), when given, come from factors and spare passes over the chunks (eager only: compiled, one fused read
     gives everything)."""
-    chunk = max(1, min(B, plan.budget_bytes // max(1, per_sample_bytes), _TILE_BYTES // max(1, per_sample_bytes)))
+    chunk = max(1, min(B, plan.tile(_TILE_BYTES) // max(1, per_sample_bytes)))
     parts = []
     for b0 in range(0, B, chunk):
         b1 = min(B, b0 + chunk)
@@ -282,7 +287,7 @@ def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan:
     per_sample_block = gr * m * L * esize + (16 * gr * (L + pairs) * (n + m) if contract else 0)
     per_sample_chunk = (1 if contract else 2) * gr * n * m * esize
     half = max(1, plan.budget_bytes // 2)
-    block = max(1, min(B, half // per_sample_block, _BLOCK_BYTES // per_sample_block))
+    block = max(1, min(B, min(half, plan.tile(_BLOCK_BYTES)) // per_sample_block))
     parts = []
     for b0 in range(0, B, block):
         b1 = min(B, b0 + block)
@@ -293,7 +298,7 @@ def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan:
         def build(c0: int, c1: int) -> Tensor:
             return torch.matmul(gb[c0:c1], pb[c0:c1].transpose(-1, -2)).reshape(c1 - c0, -1)
 
-        parts.append(_chunked_sums(b1 - b0, gr * n * m, build, per_sample_chunk, _Plan(half, plan.compiled), s1, moments))
+        parts.append(_chunked_sums(b1 - b0, gr * n * m, build, per_sample_chunk, _Plan(half, plan.compiled, plan.cached), s1, moments))
     return torch.cat(parts)
 
 
@@ -528,6 +533,30 @@ class _Recorder:
         return _conv_grad_sums(module, a.to(g.dtype), g, self.plan)
 
 
+@contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """No TensorFloat-32 in cuDNN convolutions or cuBLAS matmuls while features are computed on a GPU
+    (cuDNN allows it by default: ~1e-3 relative error, and features must not depend on the device)."""
+    if device.type != "cuda":
+        yield
+        return
+    conv, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(conv, "conv", None), "fp32_precision") and hasattr(mm, "fp32_precision"):  # torch >= 2.9
+        saved = conv.conv.fp32_precision, mm.fp32_precision
+        conv.conv.fp32_precision = mm.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.conv.fp32_precision, mm.fp32_precision = saved
+    else:
+        saved = conv.allow_tf32, mm.allow_tf32
+        conv.allow_tf32 = mm.allow_tf32 = False
+        try:
+            yield
+        finally:
+            conv.allow_tf32, mm.allow_tf32 = saved
+
+
 def _zero_stats(batch: int, device: torch.device) -> Tensor:
     return torch.zeros(batch, len(STATS), dtype=torch.float64, device=device)
 
@@ -555,7 +584,7 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
         raise LayerleakError(f"inputs hold {inputs.shape[0]} samples but targets {targets.shape[0]}")
     if not budget_mb > 0:
         raise LayerleakError(f"budget_mb must be positive, got {budget_mb}")
-    recorder = _Recorder(model, layers, _Plan(int(budget_mb * (1 << 20)), _compile_wanted(compile)))
+    recorder = _Recorder(model, layers, _Plan(int(budget_mb * (1 << 20)), _compile_wanted(compile), inputs.device.type == "cpu"))
     modes = {m: m.training for m in model.modules()}
     flags = {p: p.requires_grad for p in model.parameters()}
     try:
@@ -563,7 +592,7 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
         for p in flags:
             p.requires_grad_(False)
         recorder.recording = True
-        with torch.enable_grad():
+        with torch.enable_grad(), _full_fp32(inputs.device):
             logits = model(inputs.detach())
             recorder.recording = False
             loss = F.cross_entropy(logits, targets, reduction="none")
@@ -579,6 +608,9 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
     finally:
         recorder.recording = False
         recorder.remove()
+        recorder.leaves.clear()  # the leaves' hooks hold the recorder: a cycle that kept activations until gc
+        recorder.roots.clear()
+        recorder.saved.clear()
         for p, flag in flags.items():
             p.requires_grad_(flag)
         for m, mode in modes.items():

@@ -15,12 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageData
+from .errors import LayerleakError
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present."""
+def resolve_device(device: str, setting: str = "train.device", fallback: bool = False) -> torch.device:
+    """'auto' picks CUDA when present. 'cuda' without a usable CUDA device is an error naming ``setting``,
+    or the CPU when ``fallback`` (an actor given a GPU resource on a node whose CUDA does not work)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        if fallback:
+            return torch.device("cpu")
+        raise LayerleakError(f"{setting}={device} but no CUDA device is usable here; use {setting}=auto or cpu")
     return torch.device(device)
 
 

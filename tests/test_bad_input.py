@@ -50,6 +50,19 @@ def test_too_many_players_for_an_exact_sweep(tiny_run, tmp_path):
     _no_temporaries(out)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_where_there_is_none(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    for made in ("model.pt", "metrics.json"):  # the target to train again
+        (out / "target" / made).unlink()
+    before = _snapshot(out)
+    proc = run_cli("train", *tiny_args(out, "train.device=cuda"))
+    _one_error_line(proc, "train.device=cuda but no CUDA device is usable here", "train.device=auto or cpu")
+    assert _snapshot(out) == before  # the splits kept, no model written
+    _no_temporaries(out)
+
+
 def test_unreachable_ray_address_fails_fast(tiny_run, tmp_path):
     out = tmp_path / "run"
     copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])

@@ -58,6 +58,7 @@ def test_cifar_python_batches(tmp_path, name):
     assert d.train_x.shape == (35, 3, 32, 32) and d.test_x.shape == (5, 3, 32, 32) and d.num_classes == classes
     first = batches[0][0][0].reshape(3, 32, 32)
     assert (d.train_x[0].numpy() == first).all() and d.train_y[0] == batches[0][1][0]
+    assert (d.test_x[0].numpy() == test[0][0].reshape(3, 32, 32)).all() and d.test_y[0] == test[1][0]
     assert d.mean != (0.5, 0.5, 0.5)  # the dataset's own normalisation
 
 

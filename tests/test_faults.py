@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, cli_cmd, run_cli, tiny_args
-from flows.bench_load import descendants
 
 
 # --- processes, read from /proc (no psutil needed) ------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,9 +32,6 @@ from torch.func import functional_call, grad, vmap
 
 from ..errors import LayerleakError
 from ..models import audited_layers
-
-if TYPE_CHECKING:
-    from . import AttackData
 
 FINAL_OUTPUTS = ("softmax", "logits")
 
