@@ -21,7 +21,7 @@ from .runtime import gpus_available, init_ray
 
 
 @ray.remote(max_retries=1)
-def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers: list[str] | None) -> dict:
+def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers: list[str] | None, gpu: bool) -> dict:
     import torch
 
     from mia_tasks.data import load_dataset
@@ -31,7 +31,8 @@ def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers
     data = load_dataset(cfg.dataset)
     model = load_target(cfg, RunDir(out), data)
     a = cfg.attack
-    options = {"layers": layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size}
+    options = {"layers": layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size,
+               "device": "cuda" if gpu and torch.cuda.is_available() else "cpu"}  # CUDA only with the GPU held
     return run_attack("nasr", features, splits, layers, model=model, data=data, nasr=options, seed=cfg.seed)
 
 
@@ -63,7 +64,7 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
         init_ray(cfg.ray)
         gpu = 1 if gpus_available() else 0
         result = ray.get(_nasr_task.options(num_gpus=gpu).remote(cfg, rd.uri, features, splits,
-                                                                 layers or cfg.attack.nasr_layers))
+                                                                 layers or cfg.attack.nasr_layers, bool(gpu)))
     else:
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed)
     result.update(config_hash=hashes["features"], settings=attack_settings(cfg, name))

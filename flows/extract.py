@@ -21,13 +21,13 @@ from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir
 
 from .progress import progress
-from .runtime import gpus_available, init_ray, placeable, remote_errors
+from .runtime import init_ray, placeable, remote_errors, stage_gpus
 
 
 class Extractor:
     """Loads the target once; ``__call__`` writes one shard's features part and reports where it ran."""
 
-    def __init__(self, cfg: Config, out: str, config_hash: str, layers: list[dict]):
+    def __init__(self, cfg: Config, out: str, config_hash: str, layers: list[dict], gpu: bool):
         from mia_tasks.data import load_dataset
         from mia_tasks.target import load_target
         from mia_tasks.train import resolve_device
@@ -35,8 +35,9 @@ class Extractor:
         self.cfg, self.hash, self.layers = cfg, config_hash, layers
         self.rd = RunDir(out)
         self.data = load_dataset(cfg.dataset)
-        # A GPU resource declared on a node whose CUDA is absent: fall back to the CPU, recorded per part.
-        device = resolve_device(cfg.features.device, "features.device", fallback=True)
+        # CUDA only with a GPU resource; one declared on a node whose CUDA is absent falls back to the CPU
+        # (recorded per part).
+        device = resolve_device("cuda" if gpu else "cpu", "features.device", fallback=True)
         self.device = device
         self.model = load_target(cfg, self.rd, self.data).to(device)
 
@@ -85,11 +86,11 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
         print(f"[layerleak] extract: all {n_parts} parts present")
         return []
     init_ray(cfg.ray)
-    gpus = gpus_available() if cfg.features.device != "cpu" else 0
+    gpus = stage_gpus("features.device", cfg.features.device)
     n_actors = min(len(todo), gpus if gpus else placeable(cfg.ray.extract_actors, "extract", "ray.extract_actors"))
     actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1,
                            max_restarts=cfg.ray.max_retries, max_task_retries=cfg.ray.max_retries)(Extractor)
-    actors = [actor_cls.remote(cfg, rd.uri, hashes["features"], layers) for _ in range(n_actors)]
+    actors = [actor_cls.remote(cfg, rd.uri, hashes["features"], layers, bool(gpus)) for _ in range(n_actors)]
     pool = ActorPool(actors)
     rows = sum(len(ids) for _, ids, _ in todo)
     start = time.perf_counter()

@@ -33,7 +33,7 @@ from .runtime import gpus_available, init_ray
 class NasrRunner:
     """One Ray actor per GPU (or CPU slot): loads the data and the target once, then scores selections."""
 
-    def __init__(self, cfg: Config, out: str):
+    def __init__(self, cfg: Config, out: str, gpu: bool):
         import torch
 
         from mia_tasks.data import load_dataset
@@ -41,6 +41,7 @@ class NasrRunner:
 
         torch.set_num_threads(1)  # its many small ops gain nothing from threads on a busy CPU
         self.cfg = cfg
+        self.device = "cuda" if gpu and torch.cuda.is_available() else "cpu"  # CUDA only with the GPU held
         self.data = load_dataset(cfg.dataset)
         self.model = load_target(cfg, RunDir(out), self.data)
 
@@ -48,7 +49,7 @@ class NasrRunner:
         from mia_tasks.attack_runs import run_attack
 
         return run_attack("nasr", features, splits, sel.layers(features.layers), model=self.model, data=self.data,
-                          nasr=nasr_options(sel, self.cfg.attack), seed=self.cfg.seed)
+                          nasr={**nasr_options(sel, self.cfg.attack), "device": self.device}, seed=self.cfg.seed)
 
 
 def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, sels: list[Selection]) -> dict[str, dict]:
@@ -60,7 +61,7 @@ def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, s
     gpus = gpus_available()
     cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
                      max_task_retries=cfg.ray.max_retries)(NasrRunner)
-    actors = [cls.remote(cfg, rd.uri) for _ in range(min(len(todo), gpus or cfg.ray.fit_actors))]
+    actors = [cls.remote(cfg, rd.uri, bool(gpus)) for _ in range(min(len(todo), gpus or cfg.ray.fit_actors))]
     f_ref, s_ref = ray.put(features), ray.put(splits)
     results = {}
     with progress(len(todo), f"nasr ({len(actors)} actors)", "selection") as bar:

@@ -104,6 +104,18 @@ def gpus_available() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def stage_gpus(setting: str, device: str) -> int:
+    """GPUs a stage's actors take: none for ``device`` cpu, else the cluster's. An actor computes on CUDA only
+    when it holds a GPU (Ray does not hide the devices from actors that asked for none), so 'cuda' on a
+    cluster without GPUs is an error rather than a silent CPU run."""
+    if device == "cpu":
+        return 0
+    gpus = gpus_available()
+    if device == "cuda" and not gpus:
+        raise LayerleakError(f"{setting}=cuda but the Ray cluster offers no GPU; use {setting}=auto or cpu")
+    return gpus
+
+
 def placeable(n: int, what: str, key: str) -> int:
     """At most as many one-CPU actors as the cluster has CPUs: ActorPool would wait forever on one never placed.
 

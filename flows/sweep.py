@@ -27,7 +27,7 @@ from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
 from mia_tasks.transforms import fit_transform_pair
 
 from .progress import progress
-from .runtime import gpus_available, init_ray, placeable, remote_errors
+from .runtime import init_ray, placeable, remote_errors, stage_gpus
 
 
 def attack_data(features: Features, splits: Splits, columns: list[str], transform: str = "none") -> list[dict[str, np.ndarray]]:
@@ -96,12 +96,12 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
             return
         if not fitters:
             init_ray(cfg.ray)
-            gpus = gpus_available() if cfg.sweep.device != "cpu" else 0
+            gpus = stage_gpus("sweep.device", cfg.sweep.device)
             cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
                              max_task_retries=cfg.ray.max_retries)(Fitter)
             data_refs.extend(ray.put(d) for d in data)
             n = gpus if gpus else placeable(cfg.ray.fit_actors, "sweep", "ray.fit_actors")
-            fitters.extend(cls.remote([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, cfg.sweep.device)
+            fitters.extend(cls.remote([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, "cuda" if gpus else "cpu")
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)
         start = time.perf_counter()

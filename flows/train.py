@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import ray
@@ -17,7 +19,7 @@ from mia_tasks.target import build_target, load_target, save_target
 from mia_tasks.train import accuracy, resolve_device, train_target
 
 from .progress import interactive
-from .runtime import gpus_available, init_ray, remote_errors, stage
+from .runtime import init_ray, remote_errors, stage, stage_gpus
 
 SPLITS = "splits.parquet"
 MEMBERS = "target/members.parquet"
@@ -83,9 +85,11 @@ def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: S
                    "checkpoint": cfg.model.checkpoint, "device": str(device), "wall_s": 0.0}
     else:
         init_ray(cfg.ray)
-        gpu = 1 if gpus_available() and cfg.train.device != "cpu" else 0
+        gpu = 1 if stage_gpus("train.device", cfg.train.device) else 0
+        # the task trains on CUDA only when it holds the GPU (train.device is not part of the target's hash)
+        task_cfg = replace(cfg, train=replace(cfg.train, device="cuda" if gpu else "cpu"))
         with remote_errors():
-            metrics = ray.get(_train_task.options(num_gpus=gpu).remote(cfg, rd.uri, splits.target_members, interactive()))
+            metrics = ray.get(_train_task.options(num_gpus=gpu).remote(task_cfg, rd.uri, splits.target_members, interactive()))
     metrics.update(config_hash=hashes["target"], dataset=cfg.dataset.name, arch=cfg.model.arch,
                    overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
     rd.write_json(METRICS, metrics)

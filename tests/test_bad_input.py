@@ -58,7 +58,7 @@ def test_cuda_asked_for_where_there_is_none(tiny_run, tmp_path):
         (out / "target" / made).unlink()
     before = _snapshot(out)
     proc = run_cli("train", *tiny_args(out, "train.device=cuda"))
-    _one_error_line(proc, "train.device=cuda but no CUDA device is usable here", "train.device=auto or cpu")
+    _one_error_line(proc, "train.device=cuda but the Ray cluster offers no GPU", "train.device=auto or cpu")
     assert _snapshot(out) == before  # the splits kept, no model written
     _no_temporaries(out)
 
