@@ -17,7 +17,7 @@ from mia_tasks.featurestore import Features
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import Splits
 
-from .runtime import gpus_available, init_ray
+from .runtime import gpus_available, held_device, init_ray
 
 
 @ray.remote(max_retries=1)
@@ -32,7 +32,7 @@ def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers
     model = load_target(cfg, RunDir(out), data)
     a = cfg.attack
     options = {"layers": layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size,
-               "device": "cuda" if gpu and torch.cuda.is_available() else "cpu"}  # CUDA only with the GPU held
+               "device": held_device(gpu)}
     return run_attack("nasr", features, splits, layers, model=model, data=data, nasr=options, seed=cfg.seed)
 
 

@@ -21,18 +21,8 @@ together about 0.78, as real layers do.
 
 Targets (issue): (1) >= 20x on a 2-core machine; (2) < 5 minutes.
 
-Measured here (2-core shared VM, torch 2.14 CPU, --threads 1), two runs of the full benchmark:
-  quieter (load average ~2.5):
-    L=12  project 7.4 s median [7.2 - 9.0], n=3 (process CPU 7.2 s), 7.9 steps per coalition;
-          sklearn 155 ms per coalition over 40 sampled (median 29 ms, 19 ms - 2.7 s), scaled 636 s
-          (bootstrap 95% CI 250-1223 s; CPU 500 s); speed-up 86x [28 - 171] wall, 69x CPU;
-          accuracy identical on 40/40 sampled coalitions.
-    L=16  all 65,535 coalitions in 131 s wall (2.2 min; process CPU 123 s).
-  loaded (load average 4-13 from other users' jobs):
-    L=12  project 22.1 s [15.3 - 22.5] (CPU 8.3 s); sklearn scaled 1409 s (CPU 590 s): 64x wall, 71x CPU.
-    L=16  300.8 s wall (CPU 152 s).
-With 2 threads on a loaded 2-core machine torch's and BLAS's thread pools stall each other and
-every figure gets several times worse: benchmark with --threads 1 there.
+The measured table, with the machine and date, is in the README (Benchmarks). On a loaded 2-core
+machine torch's and BLAS's thread pools stall each other: benchmark with --threads 1 there.
 """
 
 from __future__ import annotations

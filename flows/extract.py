@@ -21,7 +21,7 @@ from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir
 
 from .progress import progress
-from .runtime import init_ray, placeable, remote_errors, stage_gpus
+from .runtime import held_device, init_ray, placeable, remote_errors, stage_gpus
 
 
 class Extractor:
@@ -30,16 +30,11 @@ class Extractor:
     def __init__(self, cfg: Config, out: str, config_hash: str, layers: list[dict], gpu: bool):
         from mia_tasks.data import load_dataset
         from mia_tasks.target import load_target
-        from mia_tasks.train import resolve_device
-
         self.cfg, self.hash, self.layers = cfg, config_hash, layers
         self.rd = RunDir(out)
         self.data = load_dataset(cfg.dataset)
-        # CUDA only with a GPU resource; one declared on a node whose CUDA is absent falls back to the CPU
-        # (recorded per part).
-        device = resolve_device("cuda" if gpu else "cpu", "features.device", fallback=True)
-        self.device = device
-        self.model = load_target(cfg, self.rd, self.data).to(device)
+        self.device = held_device(gpu)  # recorded per part
+        self.model = load_target(cfg, self.rd, self.data).to(self.device)
 
     def __call__(self, shard: int, sample_ids: np.ndarray, member: np.ndarray) -> dict:
         from mia_tasks.gradstats import features_to_columns, per_sample_features

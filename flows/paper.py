@@ -27,7 +27,7 @@ from mia_tasks.rundir import RunDir
 from mia_tasks.splits import Splits
 
 from .progress import progress
-from .runtime import gpus_available, init_ray
+from .runtime import gpus_available, held_device, init_ray
 
 
 class NasrRunner:
@@ -41,7 +41,7 @@ class NasrRunner:
 
         torch.set_num_threads(1)  # its many small ops gain nothing from threads on a busy CPU
         self.cfg = cfg
-        self.device = "cuda" if gpu and torch.cuda.is_available() else "cpu"  # CUDA only with the GPU held
+        self.device = held_device(gpu)
         self.data = load_dataset(cfg.dataset)
         self.model = load_target(cfg, RunDir(out), self.data)
 

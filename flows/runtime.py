@@ -116,6 +116,14 @@ def stage_gpus(setting: str, device: str) -> int:
     return gpus
 
 
+def held_device(gpu: bool) -> str:
+    """Where a task or actor computes: CUDA only when it holds a GPU resource, and the CPU where that
+    node's CUDA does not work (results record their device)."""
+    from mia_tasks.train import resolve_device
+
+    return str(resolve_device("cuda" if gpu else "cpu", fallback=True))
+
+
 def placeable(n: int, what: str, key: str) -> int:
     """At most as many one-CPU actors as the cluster has CPUs: ActorPool would wait forever on one never placed.
 

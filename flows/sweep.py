@@ -27,7 +27,7 @@ from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
 from mia_tasks.transforms import fit_transform_pair
 
 from .progress import progress
-from .runtime import init_ray, placeable, remote_errors, stage_gpus
+from .runtime import held_device, init_ray, placeable, remote_errors, stage_gpus
 
 
 def attack_data(features: Features, splits: Splits, columns: list[str], transform: str = "none") -> list[dict[str, np.ndarray]]:
@@ -50,11 +50,9 @@ class Fitter:
     restart finds the same data. Nothing lives in the constructor, so a restart needs nothing back.
     """
 
-    def __init__(self, widths: list[int], out: str, config_hash: str, C: float, device: str):
-        import torch
-
+    def __init__(self, widths: list[int], out: str, config_hash: str, C: float, gpu: bool):
         self.rd, self.hash, self.C = RunDir(out), config_hash, C
-        self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        self.device = held_device(gpu)
         self.offsets = np.concatenate([[0], np.cumsum(widths)])
 
     def column_masks(self, coalitions: np.ndarray) -> np.ndarray:
@@ -101,7 +99,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                              max_task_retries=cfg.ray.max_retries)(Fitter)
             data_refs.extend(ray.put(d) for d in data)
             n = gpus if gpus else placeable(cfg.ray.fit_actors, "sweep", "ray.fit_actors")
-            fitters.extend(cls.remote([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, "cuda" if gpus else "cpu")
+            fitters.extend(cls.remote([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, bool(gpus))
                            for _ in range(min(n, len(jobs))))
         total = sum(len(m) for _, m in jobs)
         start = time.perf_counter()

@@ -31,7 +31,7 @@ import math
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -298,7 +298,7 @@ def _outer_chunk_sums(g: Tensor, A: Tensor | Callable[[int, int], Tensor], plan:
         def build(c0: int, c1: int) -> Tensor:
             return torch.matmul(gb[c0:c1], pb[c0:c1].transpose(-1, -2)).reshape(c1 - c0, -1)
 
-        parts.append(_chunked_sums(b1 - b0, gr * n * m, build, per_sample_chunk, _Plan(half, plan.compiled, plan.cached), s1, moments))
+        parts.append(_chunked_sums(b1 - b0, gr * n * m, build, per_sample_chunk, replace(plan, budget_bytes=half), s1, moments))
     return torch.cat(parts)
 
 
@@ -540,21 +540,19 @@ def _full_fp32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    conv, mm = torch.backends.cudnn, torch.backends.cuda.matmul
-    if hasattr(getattr(conv, "conv", None), "fp32_precision") and hasattr(mm, "fp32_precision"):  # torch >= 2.9
-        saved = conv.conv.fp32_precision, mm.fp32_precision
-        conv.conv.fp32_precision = mm.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv.conv.fp32_precision, mm.fp32_precision = saved
+    cudnn, mm = torch.backends.cudnn, torch.backends.cuda.matmul
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision") and hasattr(mm, "fp32_precision"):  # torch >= 2.9
+        flags = [(cudnn.conv, "fp32_precision", "ieee"), (mm, "fp32_precision", "ieee")]
     else:
-        saved = conv.allow_tf32, mm.allow_tf32
-        conv.allow_tf32 = mm.allow_tf32 = False
-        try:
-            yield
-        finally:
-            conv.allow_tf32, mm.allow_tf32 = saved
+        flags = [(cudnn, "allow_tf32", False), (mm, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, saved):
+            setattr(owner, name, value)
 
 
 def _zero_stats(batch: int, device: torch.device) -> Tensor:
