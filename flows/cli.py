@@ -13,6 +13,8 @@ import time
 
 from mia_tasks.errors import LayerleakError
 
+from .bench import BENCHES
+
 STAGES = ("run", "train", "extract", "attack", "sweep", "report", "paper")
 
 
@@ -50,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--in-channels", type=int, default=3)
     m.add_argument("--input-size", type=int, default=32)
     m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="architecture option, e.g. depth=56")
-    b = sub.add_parser("bench", help="benchmarks: extract (per-sample gradient statistics) or sweep (coalition fitting)")
-    b.add_argument("what", choices=("extract", "sweep"))
+    b = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="\n".join(f"{k:12s} {v}" for k, v in BENCHES.items()))
+    b.add_argument("what", choices=tuple(BENCHES))
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark (--device, --json, --quick, ...)")
     return p
 
@@ -88,11 +91,10 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.what == "extract":
-        from . import bench_extract as bench
-    else:
-        from . import bench_sweep as bench
-    return bench.main(args.rest)
+    """Run flows/bench/<what>.py's main on the remaining arguments (imported only when asked: torch is slow to load)."""
+    import importlib
+
+    return importlib.import_module(f"flows.bench.{args.what}").main(args.rest)
 
 
 def _stage(args: argparse.Namespace) -> int:

@@ -13,6 +13,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gradstats.py tests/test_coalitions.py tests/test_attacks.py 2>&1 | tee "$out/gpu-tests.log"
 echo "gpu tests: exit ${PIPESTATUS[0]}"
-python3 -m flows.bench_extract --device cuda --json > "$out/bench-extract-cuda.json" 2> "$out/bench-extract-cuda.log"; echo "bench extract: exit $?"
-python3 -m flows.bench_sweep --device cuda --json > "$out/bench-sweep-cuda.json" 2> "$out/bench-sweep-cuda.log"; echo "bench sweep: exit $?"
+python3 -m flows.bench.extract --device cuda --json > "$out/bench-extract-cuda.json" 2> "$out/bench-extract-cuda.log"; echo "bench extract: exit $?"
+python3 -m flows.bench.sweep --device cuda --json > "$out/bench-sweep-cuda.json" 2> "$out/bench-sweep-cuda.log"; echo "bench sweep: exit $?"
 tail -c 2000 "$out/bench-extract-cuda.json"; echo; tail -c 2000 "$out/bench-sweep-cuda.json"

@@ -52,7 +52,7 @@ def stop_ray_head(port: int) -> None:
     """Stop only the Ray processes of the head on ``port`` (``ray stop`` would stop every Ray on the machine)."""
     import signal
 
-    from flows.bench_load import descendants
+    from flows.bench.load import descendants
 
     needles = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
     matched: set[int] = set()

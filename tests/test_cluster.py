@@ -32,7 +32,7 @@ from conftest import ROOT, TINY, _free_port, run_cli, tiny_args
 from mia_tasks.errors import LayerleakError
 from mia_tasks.models import build
 from mia_tasks.rundir import RunDir
-from flows.bench_load import descendants
+from flows.bench.load import descendants
 from test_faults import cmdline, copy_run
 
 # Environment for clusters a test starts itself: no token auth (loopback only), and Ray's switch that

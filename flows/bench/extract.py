@@ -1,6 +1,6 @@
 """Benchmark of feature extraction: per-sample gradient statistics, samples/s and peak memory.
 
-    python -m flows.bench_extract [--device cuda] [--quick] [--json] [--threads 1]
+    python -m flows.bench.extract [--device cuda] [--quick] [--json] [--threads 1]
     layerleak bench extract ...                      (the same, through the CLI)
 
 On CIFAR AlexNet and ResNet-20 (random weights, random 32x32 inputs, seeded) it times, interleaved in one
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bench_common import finish
+from .common import finish
 
 ARCHS = {"alexnet": ("alexnet", {}), "resnet20": ("resnet", {"depth": 20})}
 NUM_CLASSES = 100

@@ -1,6 +1,6 @@
 """Benchmark of the coalition sweep: the batched fitter against a serial scikit-learn loop.
 
-    python -m flows.bench_sweep [--device cuda] [--quick] [--json] [--threads 1] [--n 3]
+    python -m flows.bench.sweep [--device cuda] [--quick] [--json] [--threads 1] [--n 3]
     layerleak bench sweep ...                        (the same, through the CLI)
 
 Synthetic attack data (seeded): L players x 7 features, 10,000 samples split 5,000 attack-train /
@@ -36,7 +36,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from .bench_common import finish
+from .common import finish
 
 PER_PLAYER = 7
 N_SAMPLES = 10_000

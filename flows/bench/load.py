@@ -1,7 +1,7 @@
 """Load figure: the default config's sweep with N fitter actors on a local Ray instance; wall time and peak memory.
 
-    python -m flows.bench_load                                   # 8 fitters, chunks of 4 coalitions, OUT=runs/bench-load
-    python -m flows.bench_load --fitters 2 --json load-2.json    # the same with 2 fitters, result as JSON too
+    python -m flows.bench.load                                   # 8 fitters, chunks of 4 coalitions, OUT=runs/bench-load
+    python -m flows.bench.load --fitters 2 --json load-2.json    # the same with 2 fitters, result as JSON too
 
 How it measures: OUT is first brought up to date with ``layerleak extract`` (default config: digits, CNN,
 4 layers; reused when present), then OUT/sweep and OUT/shapley.json are removed and
@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _read(path: str) -> str:
@@ -113,7 +113,7 @@ def _env() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows.bench_load", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m flows.bench.load", description=__doc__.splitlines()[0])
     p.add_argument("--fitters", type=int, default=8)
     p.add_argument("--chunk-size", type=int, default=4, help="coalitions per fitter task (default config: 15 coalitions x 10 repeats)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-load"))

@@ -1,0 +1,6 @@
+"""Benchmarks behind ``layerleak bench NAME``: each module here has ``main(argv) -> int``; BENCHES names them."""
+
+BENCHES = {
+    "extract": "per-sample gradient statistics: the project's paths against a one-sample loop",
+    "sweep": "coalition fitting: the batched fitter against a serial scikit-learn loop",
+}
