@@ -37,7 +37,7 @@ def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits
     return splits
 
 
-@ray.remote(max_retries=2)
+@ray.remote
 def _train_task(cfg: Config, out: str, member_ids: np.ndarray, bar: bool) -> dict:
     """Train and save the target; progress as a bar on the driver's terminal (``bar``), else a line per
     tenth of the epochs (a bar would make one endless line in a log)."""
@@ -89,7 +89,8 @@ def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: S
         # the task trains on CUDA only when it holds the GPU (train.device is not part of the target's hash)
         task_cfg = replace(cfg, train=replace(cfg.train, device="cuda" if gpu else "cpu"))
         with remote_errors():
-            metrics = ray.get(_train_task.options(num_gpus=gpu).remote(task_cfg, rd.uri, splits.target_members, interactive()))
+            task = _train_task.options(num_gpus=gpu, max_retries=cfg.ray.max_retries)
+            metrics = ray.get(task.remote(task_cfg, rd.uri, splits.target_members, interactive()))
     metrics.update(config_hash=hashes["target"], dataset=cfg.dataset.name, arch=cfg.model.arch,
                    overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
     rd.write_json(METRICS, metrics)
