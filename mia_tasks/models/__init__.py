@@ -10,12 +10,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import re
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..errors import LayerleakError
 from .cifar import AlexNet, ResNet, SmallCNN
@@ -101,55 +104,117 @@ def param_count(model: nn.Module, layer: str) -> int:
     return sum(p.numel() for p in model.get_submodule(layer).parameters(recurse=False))
 
 
-def default_groups(layers: list[str]) -> "OrderedDict[str, list[str]]":
+def default_groups(layers: list[str]) -> OrderedDict[str, list[str]]:
     """The default Shapley players of a deep net: its top-level children that hold audited layers.
 
     For ResNet this is stem (conv1) / layer1 / layer2 / layer3 / head (fc).
     """
-    groups: "OrderedDict[str, list[str]]" = OrderedDict()
+    groups: OrderedDict[str, list[str]] = OrderedDict()
     for name in layers:
         groups.setdefault(name.split(".")[0], []).append(name)
     return groups
 
 
-def _strip_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise LayerleakError("checkpoint holds no state dict (expected a dict of tensors, or {'state_dict': ...})")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network")  # training scripts' usual wrappers
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
+
+
+def _read(path: Path, trusted: bool) -> Any:
+    """``torch.load`` (weights only unless ``trusted``); a file that is no checkpoint, or needs trust, is one error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as e:  # noqa: BLE001 -- unpickling garbage raises almost any type; all mean the same here
+        text = str(e)
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if unsafe and not trusted:
+            raise LayerleakError(f"checkpoint {path} holds pickled objects besides tensors ({unsafe.group(1)}), which loading "
+                                 "would run as code; set model.trust_checkpoint=true only for a file you trust") from None
+        if trusted and isinstance(e, (ImportError, AttributeError)):
+            raise LayerleakError(f"checkpoint {path} pickles objects whose code is not importable here ({e}); put their "
+                                 "module on PYTHONPATH, or save a bare state dict: torch.save(model.state_dict(), ...)") from None
+        raise LayerleakError(f"checkpoint {path} is not a PyTorch checkpoint ({_reason(e, path)})") from None
+
+
+def _reason(e: Exception, path: Path) -> str:
+    """The informative part of torch.load's error, whole (no sentence cut in the middle)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = str(e)
+    operand = re.search(r"Unsupported operand \d+", text)
+    if operand:  # weights-only unpickler: bytes torch.save never writes
+        return f"unpickling failed: {operand.group(0)}"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    first = first.split(". ")[0].rstrip(".")
+    return f"{type(e).__name__}: {first}" if first else f"{type(e).__name__} while unpickling"
+
+
+def _state_dict(obj: Any, path: Path) -> dict[str, Any]:
+    """The state dict inside a checkpoint: bare, a whole pickled module, or under a wrapper key; prefixes removed."""
+    for _ in range(3):  # e.g. {'model': {'state_dict': ...}}
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), (dict, nn.Module))), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        found = f"a dict with keys {_short(list(obj))}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise LayerleakError(f"checkpoint {path} holds no state dict (found {found}); expected a dict of tensors, "
+                             f"or one under {' / '.join(repr(k) for k in WRAPPER_KEYS)}")
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in obj):
+            consume_prefix_in_state_dict_if_present(obj, prefix)
+    return obj
+
+
+def _short(items: list[str], n: int = 3) -> str:
+    """The first ``n`` items and how many more, e.g. ``['a', 'b', 'c'] and 4 more``."""
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return f"{items[:n]}{more}"
+
+
+_QUOTED = re.compile(r'"([^"]+)"')
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[[^\]]*\])\) from "
+                            r"checkpoint, the shape in current model is torch.Size\((\[[^\]]*\])\)")
+
+
+def _misfit(e: RuntimeError, path: Path) -> LayerleakError:
+    """One line from load_state_dict's lists of missing, unexpected and mis-shaped keys."""
+    text = str(e)
+    parts = []
+    for label, head in (("missing keys", "Missing key(s) in state_dict:"), ("unexpected keys", "Unexpected key(s) in state_dict:")):
+        line = next((l for l in text.splitlines() if head in l), None)
+        if line:
+            parts.append(f"{label} {_short(_QUOTED.findall(line))}")
+    shapes = [f"{k} {_dims(a)} vs {_dims(b)}" for k, a, b in _SIZE_MISMATCH.findall(text)]
+    if shapes:
+        parts.append(f"shape mismatch {_short(shapes)}")
+    if not parts:  # another kind of load error: torch's own lines, joined
+        parts = [l.strip() for l in text.splitlines()[1:] if l.strip()] or [text.strip()]
+    return LayerleakError(f"checkpoint {path} does not fit the model: {'; '.join(parts)}")
+
+
+def _dims(shape: str) -> str:
+    """``[3, 128]`` as a tuple: ``(3, 128)``."""
+    return str(tuple(int(d) for d in shape.strip("[]").split(",") if d.strip()))
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, trusted: bool = False) -> nn.Module:
-    """Load a state dict (bare, ``{'state_dict': ...}``, ``module.``-prefixed) into ``model``.
+    """Load a checkpoint into ``model`` with PyTorch's own semantics, as published checkpoints expect.
 
-    Files load with ``weights_only=True`` unless ``trusted``. A key or shape mismatch raises a
-    LayerleakError naming the first offending keys.
+    ``torch.load`` (``weights_only`` unless ``trusted``; legacy non-zip files too), the state dict
+    unwrapped from ``{'state_dict': ...}``-style wrappers, ``module.`` prefixes removed with torch's
+    helper, then ``load_state_dict(strict=True)`` (which accepts old BatchNorm states without
+    ``num_batches_tracked``). Any failure is one LayerleakError naming the file and what is wrong.
     """
     path = Path(path)
     if not path.is_file():
         raise LayerleakError(f"checkpoint {path} not found")
+    state = _state_dict(_read(path, trusted), path)
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except Exception as e:  # pickle errors differ by torch version
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LayerleakError(f"checkpoint {path} could not be read safely ({first}); set model.trust_checkpoint=true only for files you trust") from None
-    state = _strip_state_dict(raw)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:3]}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:3]}")
-        if shape:
-            parts.append(f"shape mismatch {shape[:3]}")
-        raise LayerleakError(f"checkpoint {path} does not fit the model: {'; '.join(parts)}")
-    model.load_state_dict(state)
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise _misfit(e, path) from None
     return model
