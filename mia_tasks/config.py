@@ -18,109 +18,168 @@ from typing import Any
 import yaml
 
 from .errors import LayerleakError
+from .rules import (
+    Rule,
+    allow,
+    boolean,
+    check_fields,
+    choice,
+    either,
+    integer,
+    list_of,
+    mapping,
+    number,
+    text,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "flows" / "configs"
-DATASETS = ("digits", "cifar10", "cifar100", "fashion-mnist", "imagefolder", "synthetic")
-FEATURE_KINDS = ("grad", "out", "loss")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+# Choices come from the registries, read when a rule is used (they import torch), so each list exists once.
+def _datasets() -> list[str]:
+    from .data import DATASETS
+
+    return list(DATASETS)
+
+
+def _archs() -> list[str]:
+    from .models import ARCHS
+
+    return sorted(ARCHS)
+
+
+def _attacks() -> list[str]:
+    from .attacks import ATTACKS
+
+    return list(ATTACKS)
+
+
+def _kinds() -> list[str]:
+    from .attacks import KINDS
+
+    return list(KINDS)
+
+
+def _transforms() -> list[str]:
+    from .transforms import TRANSFORMS
+
+    return list(TRANSFORMS)
+
+
+def _arch(value: Any) -> str:
+    if isinstance(value, str) and (value in _archs() or all(value.rpartition(":")[::2])):
+        return value
+    raise ValueError(value)
+
+
+ARCH = Rule(lambda: f"one of {', '.join(_archs())}, or a factory 'package.module:factory' or 'path/to/file.py:factory'", _arch)
+POSITIVE, POSITIVE_INT, PATH = number(0, lo_open=True), integer(1), text("a path")
+LAYERS = list_of(text("a layer name")).or_null()
+PLAYERS = either(choice(("layers", "groups")), mapping("a mapping {player: [layer, ...]}", list_of(text("a layer name")), nonempty=True))
+PLAYER_KINDS = list_of(choice(lambda: [k for k in _kinds() if k != "loss"]))  # players bring per-layer features only
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "digits"
-    root: str | None = None
-    download: bool = False
-    mean: list[float] | None = None  # per-channel normalisation; None = the dataset's usual values
-    std: list[float] | None = None
-    synthetic_train: int = 600  # sizes and shape of the 'synthetic' dataset (tests)
-    synthetic_test: int = 200
-    synthetic_classes: int = 4
-    synthetic_channels: int = 1
-    synthetic_size: int = 8
+    name: str = field(default="digits", metadata=allow(choice(_datasets)))
+    root: str | None = field(default=None, metadata=allow(PATH.or_null()))
+    download: bool = field(default=False, metadata=allow(boolean()))
+    # per-channel normalisation; None = the dataset's usual values
+    mean: list[float] | None = field(default=None, metadata=allow(list_of(number()).or_null()))
+    std: list[float] | None = field(default=None, metadata=allow(list_of(POSITIVE).or_null()))
+    synthetic_train: int = field(default=600, metadata=allow(POSITIVE_INT))  # sizes and shape of the 'synthetic' dataset (tests)
+    synthetic_test: int = field(default=200, metadata=allow(POSITIVE_INT))
+    synthetic_classes: int = field(default=4, metadata=allow(integer(2)))
+    synthetic_channels: int = field(default=1, metadata=allow(POSITIVE_INT))
+    synthetic_size: int = field(default=8, metadata=allow(POSITIVE_INT))
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "cnn"
-    options: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 20} for resnet
-    checkpoint: str | None = None  # a pretrained target: training is skipped
-    trust_checkpoint: bool = False  # allow pickled (non weights-only) checkpoints
+    arch: str = field(default="cnn", metadata=allow(ARCH))
+    options: dict[str, Any] = field(default_factory=dict, metadata=allow(mapping("a mapping {option: value}, e.g. {depth: 20}")))
+    checkpoint: str | None = field(default=None, metadata=allow(PATH.or_null()))  # a pretrained target: training is skipped
+    trust_checkpoint: bool = field(default=False, metadata=allow(boolean()))  # allow pickled (non weights-only) checkpoints
 
 
 @dataclass
 class SplitConfig:
-    members: int | None = 70  # target training set size; None = the whole train split
-    nonmembers: int = 70  # non-member pool size
-    audit: int | None = None  # audited samples per side; None = min(members, nonmembers)
-    attack_train: int = 35  # attacker-known members (= non-members) per repeat
-    attack_eval: int = 35  # evaluation members (= non-members) per repeat
-    repeats: int = 10
+    members: int | None = field(default=70, metadata=allow(POSITIVE_INT.or_null()))  # target training set size; None = the whole train split
+    nonmembers: int = field(default=70, metadata=allow(POSITIVE_INT))  # non-member pool size
+    audit: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # audited samples per side; None = min(members, nonmembers)
+    attack_train: int = field(default=35, metadata=allow(POSITIVE_INT))  # attacker-known members (= non-members) per repeat
+    attack_eval: int = field(default=35, metadata=allow(POSITIVE_INT))  # evaluation members (= non-members) per repeat
+    repeats: int = field(default=10, metadata=allow(POSITIVE_INT))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | constant
-    milestones: list[int] = field(default_factory=lambda: [100, 150])
-    gamma: float = 0.1
-    augment: bool = False
-    device: str = "auto"  # auto | cpu | cuda
+    epochs: int = field(default=40, metadata=allow(POSITIVE_INT))
+    batch_size: int = field(default=64, metadata=allow(POSITIVE_INT))
+    lr: float = field(default=0.05, metadata=allow(POSITIVE))
+    momentum: float = field(default=0.9, metadata=allow(number(0, 1, hi_open=True)))
+    weight_decay: float = field(default=5e-4, metadata=allow(number(0)))
+    schedule: str = field(default="cosine", metadata=allow(choice(("cosine", "step", "constant"))))
+    milestones: list[int] = field(default_factory=lambda: [100, 150], metadata=allow(list_of(POSITIVE_INT, nonempty=False)))  # step schedule
+    gamma: float = field(default=0.1, metadata=allow(number(0, 1, lo_open=True)))  # step schedule: lr factor at each milestone
+    augment: bool = field(default=False, metadata=allow(boolean()))
+    device: str = field(default="auto", metadata=allow(choice(DEVICES)))
 
 
 @dataclass
 class FeaturesConfig:
-    layers: list[str] | None = None  # None = every conv/linear layer
-    batch_size: int = 128
-    budget_mb: int = 256  # peak memory for per-sample gradient chunks
-    shard_size: int = 512  # samples per Parquet part
-    device: str = "auto"
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # None = every conv/linear layer
+    batch_size: int = field(default=128, metadata=allow(POSITIVE_INT))
+    budget_mb: int = field(default=256, metadata=allow(POSITIVE_INT))  # peak memory for per-sample gradient chunks
+    shard_size: int = field(default=512, metadata=allow(POSITIVE_INT))  # samples per Parquet part
+    device: str = field(default="auto", metadata=allow(choice(DEVICES)))
 
 
 @dataclass
 class AttackConfig:
-    name: str = "logistic"
-    C: float = 1.0
-    transform: str = "signed-log"  # signed-log | none: features put on a log scale before standardising
-    kinds: list[str] = field(default_factory=lambda: ["grad"])
-    layers: list[str] | None = None
-    nasr_layers: list[str] | None = None  # None = the last audited layer
-    nasr_epochs: int = 30
-    nasr_lr: float = 1e-3
-    nasr_batch_size: int = 64
+    name: str = field(default="logistic", metadata=allow(choice(_attacks)))
+    C: float = field(default=1.0, metadata=allow(POSITIVE))
+    # signed-log | none: features put on a log scale before standardising
+    transform: str = field(default="signed-log", metadata=allow(choice(_transforms)))
+    kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(list_of(choice(_kinds))))
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))
+    nasr_layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # None = the last audited layer
+    nasr_epochs: int = field(default=30, metadata=allow(POSITIVE_INT))
+    nasr_lr: float = field(default=1e-3, metadata=allow(POSITIVE))
+    nasr_batch_size: int = field(default=64, metadata=allow(POSITIVE_INT))
 
 
 @dataclass
 class SweepConfig:
-    players: Any = "layers"  # layers | groups | {player: [layer, ...]}
-    kinds: list[str] = field(default_factory=lambda: ["grad"])
-    method: str = "exact"  # exact | sampled (permutation sampling with standard errors)
-    max_exact_players: int = 20
-    chunk_size: int = 512  # coalitions per fitter task
-    permutations: int = 2000  # sampled: at most this many permutations
-    tol: float = 0.005  # sampled: stop when every standard error is below this
-    device: str = "auto"
+    # layers | groups | {player: [layer, ...]}
+    players: Any = field(default="layers", metadata=allow(PLAYERS))
+    kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(PLAYER_KINDS))
+    method: str = field(default="exact", metadata=allow(choice(("exact", "sampled"))))  # sampled: permutation sampling with standard errors
+    max_exact_players: int = field(default=20, metadata=allow(integer(1, 30)))
+    chunk_size: int = field(default=512, metadata=allow(POSITIVE_INT))  # coalitions per fitter task
+    permutations: int = field(default=2000, metadata=allow(POSITIVE_INT))  # sampled: at most this many permutations
+    tol: float = field(default=0.005, metadata=allow(POSITIVE))  # sampled: stop when every standard error is below this
+    device: str = field(default="auto", metadata=allow(choice(DEVICES)))
 
 
 @dataclass
 class RayConfig:
-    address: str | None = None  # None = RAY_ADDRESS or a new local instance
-    extract_actors: int = 2  # CPU extractor actors when there is no GPU
-    fit_actors: int = 2
-    num_cpus: int | None = None  # local instance size; None = all cores
-    max_retries: int = 3
+    address: str | None = field(default=None, metadata=allow(text("a Ray address host:port or ray://host:port").or_null()))  # None = RAY_ADDRESS or a new local instance
+    extract_actors: int = field(default=2, metadata=allow(POSITIVE_INT))  # CPU extractor actors when there is no GPU
+    fit_actors: int = field(default=2, metadata=allow(POSITIVE_INT))
+    num_cpus: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # local instance size; None = all cores
+    max_retries: int = field(default=3, metadata=allow(integer(0)))
 
 
 @dataclass
 class OutputConfig:
-    dir: str = "runs/default"
+    dir: str = field(default="runs/default", metadata=allow(PATH))
 
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = field(default=0, metadata=allow(integer(0)))  # numpy's generators take non-negative seeds
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -139,7 +198,8 @@ class Config:
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     if not isinstance(data, dict):
-        raise LayerleakError(f"config {where or 'file'}: expected a mapping, got {type(data).__name__}")
+        raise LayerleakError(f"config {where}: expected a section (a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}), "
+                             f"got {type(data).__name__} {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
@@ -158,7 +218,11 @@ def _set(tree: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise LayerleakError(f"--set {assignment!r}: expected key.path=value")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise LayerleakError(f"--set {assignment!r}: the value is not valid YAML ({_yaml_problem(e)}); quote it, "
+                             f"e.g. --set '{key.strip()}=\"...\"'") from None
     node = tree
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -177,9 +241,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise LayerleakError(f"config file {path} not found (presets: {', '.join(p.name for p in sorted(CONFIG_DIR.glob('*.yaml')))})")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise LayerleakError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise LayerleakError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LayerleakError(f"config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise LayerleakError(f"config file {path}: the top level must be a mapping of sections "
+                             f"({', '.join(f.name for f in dataclasses.fields(Config))}), got a {type(tree).__name__}")
     for assignment in overrides or []:
         _set(tree, assignment)
     cfg = _build(Config, tree, "")
@@ -187,69 +258,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise LayerleakError(f"config {key}: {msg}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """YAML's complaint with its line and column (1-based), on one line."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(problem).split())
 
 
 def validate(cfg: Config) -> None:
-    """Check types and values of every key; raise LayerleakError naming the key and what is allowed."""
-    from .models import ARCHS  # local import: models imports torch
-
-    _check(_is_int(cfg.seed), "seed", f"must be an integer, got {cfg.seed!r}")
-    d = cfg.dataset
-    _check(d.name in DATASETS, "dataset.name", f"unknown dataset {d.name!r}; choose one of {', '.join(DATASETS)}")
-    _check(d.root is None or isinstance(d.root, str), "dataset.root", "must be a path")
-    for key in ("mean", "std"):
-        v = getattr(d, key)
-        _check(v is None or (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)), f"dataset.{key}", "must be a list of numbers or null")
-    _check(d.std is None or all(x > 0 for x in d.std), "dataset.std", "must be positive")
-    m = cfg.model
-    _check(isinstance(m.arch, str) and (m.arch in ARCHS or ":" in m.arch), "model.arch",
-           f"unknown architecture {m.arch!r}; choose one of {', '.join(sorted(ARCHS))} or 'module:factory'")
-    _check(isinstance(m.options, dict), "model.options", "must be a mapping")
-    s = cfg.split
-    for key in ("nonmembers", "attack_train", "attack_eval", "repeats"):
-        v = getattr(s, key)
-        _check(_is_int(v) and v >= 1, f"split.{key}", f"must be a positive integer, got {v!r}")
-    for key in ("members", "audit"):
-        v = getattr(s, key)
-        _check(v is None or (_is_int(v) and v >= 1), f"split.{key}", f"must be a positive integer or null, got {v!r}")
-    t = cfg.train
-    _check(_is_int(t.epochs) and t.epochs >= 1, "train.epochs", f"must be a positive integer, got {t.epochs!r}")
-    _check(_is_int(t.batch_size) and t.batch_size >= 1, "train.batch_size", "must be a positive integer")
-    _check(isinstance(t.lr, (int, float)) and t.lr > 0, "train.lr", "must be a positive number")
-    _check(t.schedule in ("cosine", "step", "constant"), "train.schedule", f"{t.schedule!r}; allowed: cosine, step, constant")
-    for key, v in (("train.device", t.device), ("features.device", cfg.features.device), ("sweep.device", cfg.sweep.device)):
-        _check(v in ("auto", "cpu", "cuda"), key, f"{v!r}; allowed: auto, cpu, cuda")
-    f = cfg.features
-    for key in ("batch_size", "budget_mb", "shard_size"):
-        v = getattr(f, key)
-        _check(_is_int(v) and v >= 1, f"features.{key}", f"must be a positive integer, got {v!r}")
-    _check(f.layers is None or (isinstance(f.layers, list) and f.layers), "features.layers", "must be a list of layer names or null")
-    a = cfg.attack
-    _check(a.name in ("logistic", "nasr", "loss-threshold", "confidence-threshold"), "attack.name",
-           f"{a.name!r}; allowed: logistic, nasr, loss-threshold, confidence-threshold")
-    _check(isinstance(a.C, (int, float)) and a.C > 0, "attack.C", "must be a positive number")
-    _check(a.transform in ("signed-log", "none"), "attack.transform", f"{a.transform!r}; allowed: signed-log, none")
-    for key, kinds in (("attack.kinds", a.kinds), ("sweep.kinds", cfg.sweep.kinds)):
-        _check(isinstance(kinds, list) and kinds and all(k in FEATURE_KINDS for k in kinds), key,
-               f"{kinds!r}; a non-empty list of {', '.join(FEATURE_KINDS)}")
-    _check("loss" not in cfg.sweep.kinds, "sweep.kinds", "players bring per-layer features only: grad and/or out")
-    w = cfg.sweep
-    _check(w.players in ("layers", "groups") or (isinstance(w.players, dict) and w.players), "sweep.players",
-           "'layers', 'groups' or a mapping {player: [layer, ...]}")
-    _check(w.method in ("exact", "sampled"), "sweep.method", f"{w.method!r}; allowed: exact, sampled")
-    _check(_is_int(w.max_exact_players) and 1 <= w.max_exact_players <= 30, "sweep.max_exact_players", "an integer in 1..30")
-    _check(_is_int(w.chunk_size) and w.chunk_size >= 1, "sweep.chunk_size", "must be a positive integer")
-    r = cfg.ray
-    _check(_is_int(r.extract_actors) and r.extract_actors >= 1, "ray.extract_actors", "must be a positive integer")
-    _check(_is_int(r.fit_actors) and r.fit_actors >= 1, "ray.fit_actors", "must be a positive integer")
-    _check(isinstance(cfg.output.dir, str) and cfg.output.dir, "output.dir", "must be a path")
+    """Check every key against its rule (type, range, choices); raise LayerleakError naming the key and what is allowed."""
+    check_fields(cfg)
 
 
 # --- hashes ----------------------------------------------------------------------------------
@@ -258,11 +277,20 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# The settings of a fitted attack that change its numbers besides the features it reads, as {name in the
+# result: config key}. A saved attack or experiment result is current only when they match
+# (rundir.is_current); the sweep fits the logistic attack, so its hash covers the logistic ones.
+ATTACK_SETTINGS = {
+    "logistic": {"seed": "seed", "C": "attack.C", "transform": "attack.transform"},
+    "nasr": {"seed": "seed", "epochs": "attack.nasr_epochs", "lr": "attack.nasr_lr", "batch_size": "attack.nasr_batch_size"},
+    "loss-threshold": {"seed": "seed"},
+    "confidence-threshold": {"seed": "seed"},
+}
 STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
     "target": ("seed", "dataset", "split", "model", "train"),
     "features": ("seed", "dataset", "split", "model", "train", "features"),
-    "sweep": ("seed", "dataset", "split", "model", "train", "features", "attack.C", "attack.transform", "sweep"),
+    "sweep": ("dataset", "split", "model", "train", "features", *ATTACK_SETTINGS["logistic"].values(), "sweep"),
 }
 RESULT_FREE = {"dataset.root", "dataset.download", "train.device", "features.device", "features.batch_size",
                "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint"}
@@ -287,6 +315,12 @@ def stage_hashes(cfg: Config) -> dict[str, str]:
     out = {stage: _digest({k: _select(tree, k) for k in keys if _has(tree, k)}) for stage, keys in STAGE_SECTIONS.items()}
     out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output")})
     return out
+
+
+def attack_settings(cfg: Config, name: str) -> dict[str, Any]:
+    """The settings (ATTACK_SETTINGS) that a result of attack ``name`` made with ``cfg`` records."""
+    tree = cfg.to_dict()
+    return {k: _select(tree, key) for k, key in ATTACK_SETTINGS[name].items()}
 
 
 def _has(tree: dict[str, Any], key: str) -> bool:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli, tiny_args
 
-from conftest import run_cli, tiny_args
 from mia_tasks.models import build
 
 
@@ -24,10 +24,10 @@ def _files(root):
 
 @pytest.mark.parametrize("sets,needle", [
     (["dataset.name=cifar100", "dataset.root=/nonexistent/cifar"], "dataset root /nonexistent/cifar does not exist"),
-    (["model.arch=vgg11"], "unknown architecture 'vgg11'"),
-    (["dataset.name=mnist"], "unknown dataset 'mnist'"),
+    (["model.arch=vgg11"], "config model.arch: 'vgg11' is not allowed; expected one of alexnet, cnn, resnet"),
+    (["dataset.name=mnist"], "config dataset.name: 'mnist' is not allowed; expected one of digits"),
     (["train.epochz=3"], "unknown config key 'train.epochz'"),
-    (["train.epochs=many"], "train.epochs: must be a positive integer"),
+    (["train.epochs=many"], "config train.epochs: 'many' is not allowed; expected a positive integer"),
     (["split.members=1200", "split.nonmembers=500"], "exceed the 1300 train images available"),
 ])
 def test_bad_input_one_line_nonzero_nothing_half_written(tmp_path, sets, needle):
