@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, tiny_args
-from test_faults import copy_run
+from helpers import copy_run, run_cli, tiny_args
 
 
 def _snapshot(root: Path) -> dict[str, str]:

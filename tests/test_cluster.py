@@ -28,12 +28,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY, _free_port, run_cli, tiny_args
+from helpers import ROOT, TINY, cmdline, copy_run, free_port, run_cli, tiny_args
 from mia_tasks.errors import LayerleakError
 from mia_tasks.models import build
 from mia_tasks.rundir import RunDir
 from flows.bench.load import descendants
-from test_faults import cmdline, copy_run
 
 # Environment for clusters a test starts itself: no token auth (loopback only), and Ray's switch that
 # keeps a single machine's node address at 127.0.0.1 (else Ray swaps in the routable IP).
@@ -198,7 +197,7 @@ def multinode_driver(out: str, result: str) -> None:
     address_file = Path(get_ray_address_file(None))
     old_address = address_file.read_text() if address_file.exists() else None  # Cluster overwrites it; put it back
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False,
-                                                             "dashboard_agent_listen_port": _free_port(),  # not the shared 52365
+                                                             "dashboard_agent_listen_port": free_port(),  # not the shared 52365
                                                              "object_store_memory": 100 * 2 ** 20})
     try:
         workers = [cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=100 * 2 ** 20) for _ in range(2)]
@@ -264,7 +263,7 @@ def _stop_tree(root: subprocess.Popen, temp_dir: str) -> None:
 @pytest.mark.slow
 def test_ray_job_submit_end_to_end(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="llj-", dir="/tmp")  # short: Ray's unix socket paths live under it
-    gcs, dash, client, agent = (_free_port() for _ in range(4))
+    gcs, dash, client, agent = (free_port() for _ in range(4))
     head_log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen(["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                              "--num-cpus=2", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",

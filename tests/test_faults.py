@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -23,19 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, cli_cmd, run_cli, tiny_args
+from helpers import cmdline, copy_run, popen, run_cli, tiny_args
 
 
 # --- processes, read from /proc (no psutil needed) ------------------------------------------------
-
-def cmdline(pid: int) -> str:
-    """The process title ('' once it is gone); Ray workers set it to ray::Class.method while they run one."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
 
 def parent(pid: int) -> int:
     try:
@@ -100,16 +90,6 @@ def watch_until_done(proc: subprocess.Popen, title: str, gcs_port: int, seen: se
 
 
 # --- runs ----------------------------------------------------------------------------------------
-
-def copy_run(src: Path, dst: Path, keep: list[str]) -> None:
-    dst.mkdir(parents=True)
-    for name in keep:
-        (shutil.copytree if (src / name).is_dir() else shutil.copy2)(src / name, dst / name)
-
-
-def popen(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(cli_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
 
 
 def gcs_port(ray_head: str) -> int:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
@@ -16,7 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, cli_cmd, run_cli, tiny_args
+from helpers import copy_run, popen, run_cli, tiny_args
 from mia_tasks.gradstats import STATS
 
 
@@ -50,15 +48,6 @@ def test_sweep_table_complete_and_shapley_efficient(tiny_run):
     np.testing.assert_allclose(per_repeat.sum(axis=0), full - 0.5, atol=1e-12)  # efficiency, per repeat
 
 
-def _copy_run(src, dst, keep):
-    dst.mkdir(parents=True)
-    for name in keep:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name)
-        else:
-            shutil.copy2(src / name, dst / name)
-
-
 def _kill_when(proc, ready, timeout=240):
     start = time.time()
     while not ready():
@@ -72,16 +61,11 @@ def _kill_when(proc, ready, timeout=240):
     proc.wait()
 
 
-def _popen(*args):
-    return subprocess.Popen(cli_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-
-
 def test_extract_resumes_after_driver_sigkill(tiny_run, tmp_path):
     out = tmp_path / "run"
-    _copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
     args = tiny_args(out, "features.batch_size=1")  # a result-free setting: same config hash, slower extraction
-    proc = _popen("extract", *args)
+    proc = popen("extract", *args)
     parts = lambda: sorted((out / "features").glob("part-*.parquet")) if (out / "features").exists() else []
     _kill_when(proc, lambda: len(parts()) >= 1)
     time.sleep(2)  # let actors the dead driver left behind finish or be reaped
@@ -101,9 +85,9 @@ def test_extract_resumes_after_driver_sigkill(tiny_run, tmp_path):
 
 def test_sweep_resumes_after_driver_sigkill(tiny_run, tmp_path):
     out = tmp_path / "run"
-    _copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target", "features"])
+    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target", "features"])
     args = tiny_args(out, "sweep.chunk_size=1")  # one coalition per part: many parts, same results
-    proc = _popen("sweep", *args)
+    proc = popen("sweep", *args)
     parts = lambda: sorted((out / "sweep").glob("part-*.parquet")) if (out / "sweep").exists() else []
     _kill_when(proc, lambda: len(parts()) >= 3)
     time.sleep(2)

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from conftest import TINY, run_cli, tiny_args
+from helpers import TINY, run_cli, tiny_args
 from mia_tasks.attack_runs import run_attack
 from mia_tasks.experiments import NASR_MAX_GRAD_PARAMS, Selection, nasr_options, nasr_too_big, selections
 from mia_tasks.featurestore import Features, load_features

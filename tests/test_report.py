@@ -14,7 +14,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli, tiny_args
+from helpers import run_cli, tiny_args
 from mia_tasks.report import (ALPHA, build_report, conclusion, headline_text, make_plots, render_html, render_markdown,
                               spearman, verdict)
 
