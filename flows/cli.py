@@ -98,13 +98,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from mia_tasks.config import load_config
     from mia_tasks.rundir import RunDir
+
+    from .presets import load
 
     overrides = list(args.set)
     if args.out:
         overrides.append(f"output.dir={args.out}")
-    cfg = load_config(args.config, overrides)
+    cfg = load(args.config, overrides)
     rd = RunDir(cfg.output.dir)
     hashes = rd.prepare(cfg)
     from . import pipeline  # stages start Ray only when they have work to do

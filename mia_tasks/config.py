@@ -32,7 +32,6 @@ from .rules import (
     text,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "flows" / "configs"
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -233,13 +232,11 @@ def _set(tree: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML preset (default: flows/configs/default.yaml), apply overrides, validate."""
-    path = Path(path) if path else CONFIG_DIR / "default.yaml"
-    if not path.is_file() and (CONFIG_DIR / path).is_file():
-        path = CONFIG_DIR / path
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply overrides, validate (presets are found by name in flows.presets)."""
+    path = Path(path)
     if not path.is_file():
-        raise LayerleakError(f"config file {path} not found (presets: {', '.join(p.name for p in sorted(CONFIG_DIR.glob('*.yaml')))})")
+        raise LayerleakError(f"config file {path} not found")
     try:
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

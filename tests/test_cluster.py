@@ -121,15 +121,18 @@ init_ray(RayConfig(num_cpus=1))
 pid = ray.get(ray.remote(lambda: os.getpid()).remote())  # a worker process too
 node = ray._private.worker.global_worker.node
 print(json.dumps({"node_ip": ray.nodes()[0]["NodeManagerAddress"], "gcs": node.gcs_address,
-                  "webui": node.address_info.get("webui_url"), "nodes": len(ray.nodes())}), flush=True)
+                  "webui": node.address_info.get("webui_url"), "nodes": len(ray.nodes()),
+                  "auth": os.environ.get("RAY_AUTH_MODE")}), flush=True)
 sys.stdin.readline()
 """
 
 
-def test_local_instance_listens_on_loopback_only_without_dashboard(ray_head):
-    """With RAY_ADDRESS unset, init_ray starts its own instance (never the `ray start` head the session runs) on 127.0.0.1."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    proc = subprocess.Popen([sys.executable, "-c", LOCAL_INSTANCE], cwd=ROOT, env={**env, "RAY_AUTH_MODE": "disabled"},
+def test_local_instance_listens_on_loopback_only_without_dashboard(ray_head, tmp_path):
+    """With RAY_ADDRESS unset, init_ray starts its own instance (never the `ray start` head the session runs) on
+    127.0.0.1, with token authentication on and no Ray variable set: the token is made on first use."""
+    drop = ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_INSTANCE], cwd=ROOT, env={**env, "HOME": str(tmp_path)},
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
@@ -142,6 +145,7 @@ def test_local_instance_listens_on_loopback_only_without_dashboard(ray_head):
     assert info["node_ip"] == "127.0.0.1" and info["nodes"] == 1
     assert info["gcs"].rsplit(":", 1)[1] != ray_head.rsplit(":", 1)[1]  # a new instance, not the session's head
     assert not info["webui"]  # no dashboard
+    assert info["auth"] == "token" and (tmp_path / ".ray" / "auth_token").stat().st_size > 0
     assert len({pid for pid, _, _ in sockets}) >= 3, sockets  # GCS, raylet, the workers: the check sees them
     exposed = [(pid, cmdline(pid)[:60], str(ip), port) for pid, ip, port in sockets if not _is_loopback(ip)]
     assert not exposed, exposed
@@ -187,10 +191,10 @@ def multinode_driver(out: str, result: str) -> None:
     from ray._private.utils import get_ray_address_file
     from ray.cluster_utils import Cluster
 
+    from flows import presets
     from flows.extract import extract_flow
     from flows.sweep import sweep_flow
     from flows.train import train_flow
-    from mia_tasks.config import load_config
     from mia_tasks.featurestore import load_features
     from mia_tasks.target import layer_table, load_target
 
@@ -202,7 +206,7 @@ def multinode_driver(out: str, result: str) -> None:
     try:
         workers = [cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=100 * 2 ** 20) for _ in range(2)]
         ray.init(address=cluster.address)
-        cfg = load_config(None, TINY + [f"output.dir={out}"])
+        cfg = presets.load(None, TINY + [f"output.dir={out}"])
         rd = RunDir(out)
         hashes = rd.prepare(cfg)
         data, splits, _ = train_flow(cfg, rd, hashes)  # the target is reused from OUT

@@ -6,24 +6,25 @@ import dataclasses
 
 import pytest
 
-from mia_tasks.config import CONFIG_DIR, Config, load_config, stage_hashes
+from flows import presets
+from mia_tasks.config import Config, load_config, stage_hashes
 from mia_tasks.errors import LayerleakError
 from mia_tasks.rules import Rule
 
 
-@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("preset", presets.names())
 def test_every_preset_loads(preset):
-    cfg = load_config(preset)
+    cfg = presets.load(preset)
     assert cfg.seed is not None
 
 
 def test_presets_exist():
-    names = {p.name for p in CONFIG_DIR.glob("*.yaml")}
+    names = set(presets.names())
     assert {"default.yaml", "cifar100-alexnet.yaml", "cifar100-resnet.yaml", "cifar100-cnn.yaml", "cifar10-jpeg-alexnet.yaml"} <= names
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config(None, ["train.epochs=3", "model.options={depth: 32}", "dataset.mean=[0.1]", "split.audit=null"])
+    cfg = presets.load(None, ["train.epochs=3", "model.options={depth: 32}", "dataset.mean=[0.1]", "split.audit=null"])
     assert cfg.train.epochs == 3 and cfg.model.options == {"depth": 32} and cfg.dataset.mean == [0.1] and cfg.split.audit is None
 
 
@@ -63,7 +64,7 @@ def test_overrides_parse_yaml_values():
 ])
 def test_validation_errors_name_the_key(override, msg):
     with pytest.raises(LayerleakError) as e:
-        load_config(None, [override])
+        presets.load(None, [override])
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
@@ -81,7 +82,7 @@ def test_every_key_has_a_rule():
 
 
 def test_numbers_written_as_yaml_strings_are_read():
-    cfg = load_config(None, ["attack.C=1e-3", "train.lr=5e-2", "sweep.tol=1e-4"])
+    cfg = presets.load(None, ["attack.C=1e-3", "train.lr=5e-2", "sweep.tol=1e-4"])
     assert cfg.attack.C == 0.001 and cfg.train.lr == 0.05 and cfg.sweep.tol == 1e-4
 
 
@@ -102,14 +103,26 @@ def test_bad_config_files(tmp_path, text, msg):
 def test_missing_config_file():
     with pytest.raises(LayerleakError, match="config file .*nope.yaml not found"):
         load_config("nope.yaml")
+    with pytest.raises(LayerleakError, match="config file nope not found: give a path or a preset name .*default.yaml"):
+        presets.resolve("nope")
+
+
+def test_presets_are_found_by_name_or_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # from anywhere, not only a checkout's root
+    assert presets.resolve(None).name == "default.yaml" and presets.resolve(None).is_file()
+    assert presets.resolve("cifar100-cnn") == presets.resolve("cifar100-cnn.yaml")
+    own = tmp_path / "default.yaml"
+    own.write_text("seed: 5\n")
+    assert presets.resolve("default.yaml").resolve() == own  # an existing file wins over the preset of that name
+    assert presets.load(str(own)).seed == 5
 
 
 def test_hashes_are_stable_and_stage_specific():
-    base = stage_hashes(load_config())
-    assert base == stage_hashes(load_config())
-    sweep_only = stage_hashes(load_config(None, ["sweep.chunk_size=7", "sweep.players=groups"]))
+    base = stage_hashes(presets.load())
+    assert base == stage_hashes(presets.load())
+    sweep_only = stage_hashes(presets.load(None, ["sweep.chunk_size=7", "sweep.players=groups"]))
     assert sweep_only["features"] == base["features"] and sweep_only["sweep"] != base["sweep"]
-    paths_only = stage_hashes(load_config(None, ["output.dir=/elsewhere", "features.batch_size=3", "ray.fit_actors=5"]))
+    paths_only = stage_hashes(presets.load(None, ["output.dir=/elsewhere", "features.batch_size=3", "ray.fit_actors=5"]))
     assert paths_only == base  # where and how fast results are made does not change them
-    seed = stage_hashes(load_config(None, ["seed=1"]))
+    seed = stage_hashes(presets.load(None, ["seed=1"]))
     assert all(seed[s] != base[s] for s in ("splits", "target", "features", "sweep"))

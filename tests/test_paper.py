@@ -95,12 +95,13 @@ def test_paper_all_numbers_equal_direct_run_attack(paper_run):
 def test_paper_reuses_results_and_refits_on_new_settings(paper_run, capsys):
     """In-process (logistic needs no Ray): a rerun reuses every file; another attack.C refits and rewrites."""
     from flows.paper import paper_flow
-    from mia_tasks.config import load_config, stage_hashes
+    from flows import presets
+    from mia_tasks.config import stage_hashes
 
     out = paper_run[0]
     features, splits = _load(out)
     rd = RunDir(str(out))
-    cfg = load_config(None, TINY + [f"output.dir={out}"])
+    cfg = presets.load(None, TINY + [f"output.dir={out}"])
     hashes = stage_hashes(cfg)
     before = {p.name: p.stat().st_mtime_ns for p in (out / "experiments").iterdir()}
     records = paper_flow(cfg, rd, hashes, splits, features, "all", "logistic")
@@ -108,7 +109,7 @@ def test_paper_reuses_results_and_refits_on_new_settings(paper_run, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "experiments").iterdir()} == before
     assert set(records) == {"groups-grad", "groups-out", "single-layer", "shapley"}
 
-    cfg = load_config(None, TINY + [f"output.dir={out}", "attack.C=0.05"])
+    cfg = presets.load(None, TINY + [f"output.dir={out}", "attack.C=0.05"])
     rec = paper_flow(cfg, rd, stage_hashes(cfg), splits, features, "single-layer", "logistic")["single-layer"]
     assert "reusing" not in capsys.readouterr().out
     _same(rec["rows"][0]["result"], run_attack("logistic", features, splits, ["conv1"], ["grad"], C=0.05, transform="signed-log"))
