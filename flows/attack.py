@@ -17,19 +17,16 @@ from mia_tasks.featurestore import Features
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import Splits
 
-from .runtime import gpus_available, held_device, init_ray
+from .actors import load_data_and_target
+from .runtime import gpus_available, held_device, init_ray, remote_errors
 
 
-@ray.remote(max_retries=1)
+@ray.remote
 def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers: list[str] | None, gpu: bool) -> dict:
     import torch
 
-    from mia_tasks.data import load_dataset
-    from mia_tasks.target import load_target
-
     torch.set_num_threads(1)  # its many small ops gain nothing from threads on a busy CPU
-    data = load_dataset(cfg.dataset)
-    model = load_target(cfg, RunDir(out), data)
+    data, model = load_data_and_target(cfg, out)
     a = cfg.attack
     options = {"layers": layers, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size,
                "device": held_device(gpu)}
@@ -63,8 +60,9 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
     if name == "nasr":
         init_ray(cfg.ray)
         gpu = 1 if gpus_available() else 0
-        result = ray.get(_nasr_task.options(num_gpus=gpu).remote(cfg, rd.uri, features, splits,
-                                                                 layers or cfg.attack.nasr_layers, bool(gpu)))
+        task = _nasr_task.options(num_gpus=gpu, max_retries=cfg.ray.max_retries)
+        with remote_errors():
+            result = ray.get(task.remote(cfg, rd.uri, features, splits, layers or cfg.attack.nasr_layers, bool(gpu)))
     else:
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed)
     result.update(config_hash=hashes["features"], settings=attack_settings(cfg, name))

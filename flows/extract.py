@@ -14,27 +14,23 @@ import time
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.util import ActorPool
 
 from mia_tasks.config import Config
 from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir
 
-from .progress import progress
-from .runtime import held_device, init_ray, placeable, remote_errors, stage_gpus
+from .actors import actor_pool, load_data_and_target, pool_size
+from .runtime import held_device, init_ray, stage_gpus
 
 
 class Extractor:
     """Loads the target once; ``__call__`` writes one shard's features part and reports where it ran."""
 
     def __init__(self, cfg: Config, out: str, config_hash: str, layers: list[dict], gpu: bool):
-        from mia_tasks.data import load_dataset
-        from mia_tasks.target import load_target
         self.cfg, self.hash, self.layers = cfg, config_hash, layers
         self.rd = RunDir(out)
-        self.data = load_dataset(cfg.dataset)
         self.device = held_device(gpu)  # recorded per part
-        self.model = load_target(cfg, self.rd, self.data).to(self.device)
+        self.data, self.model = load_data_and_target(cfg, out, self.device)
 
     def __call__(self, shard: int, sample_ids: np.ndarray, member: np.ndarray) -> dict:
         from mia_tasks.gradstats import features_to_columns, per_sample_features
@@ -82,21 +78,14 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
         return []
     init_ray(cfg.ray)
     gpus = stage_gpus("features.device", cfg.features.device)
-    n_actors = min(len(todo), gpus if gpus else placeable(cfg.ray.extract_actors, "extract", "ray.extract_actors"))
-    actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1,
-                           max_restarts=cfg.ray.max_retries, max_task_retries=cfg.ray.max_retries)(Extractor)
-    actors = [actor_cls.remote(cfg, rd.uri, hashes["features"], layers, bool(gpus)) for _ in range(n_actors)]
-    pool = ActorPool(actors)
+    n_actors = pool_size(len(todo), gpus, cfg.ray.extract_actors, "extract", "ray.extract_actors")
     rows = sum(len(ids) for _, ids, _ in todo)
     start = time.perf_counter()
-    records = []
-    with progress(rows, f"extract ({n_actors} {'GPU' if gpus else 'CPU'} actors)", "sample") as bar, remote_errors():
-        for rec in pool.map_unordered(lambda a, job: a.__call__.remote(*job), todo):
-            records.append(rec)
-            bar.update(rec["rows"])
+    with actor_pool(Extractor, (cfg, rd.uri, hashes["features"], layers, bool(gpus)), n_actors, gpu=bool(gpus),
+                    max_retries=cfg.ray.max_retries) as pool:
+        records = pool.map(lambda a, job: a.__call__.remote(*job), todo, "extract", "sample",
+                           size=lambda rec: rec["rows"], total=rows)
     wall = time.perf_counter() - start
     print(f"[layerleak] extract: {rows} samples in {len(todo)} parts ({n_parts - len(todo)} reused), "
           f"{rows / wall:.1f} rows/s with {n_actors} actors")
-    for a in actors:
-        ray.kill(a)
     return records

@@ -15,7 +15,6 @@ the three seed architectures as three configs into three OUT folders (see README
 from __future__ import annotations
 
 import ray
-from ray.util import ActorPool
 from threadpoolctl import threadpool_limits
 
 from mia_tasks.config import Config
@@ -26,7 +25,7 @@ from mia_tasks.featurestore import Features
 from mia_tasks.rundir import RunDir
 from mia_tasks.splits import Splits
 
-from .progress import progress
+from .actors import actor_pool, load_data_and_target, pool_size
 from .runtime import gpus_available, held_device, init_ray
 
 
@@ -36,14 +35,10 @@ class NasrRunner:
     def __init__(self, cfg: Config, out: str, gpu: bool):
         import torch
 
-        from mia_tasks.data import load_dataset
-        from mia_tasks.target import load_target
-
         torch.set_num_threads(1)  # its many small ops gain nothing from threads on a busy CPU
         self.cfg = cfg
         self.device = held_device(gpu)
-        self.data = load_dataset(cfg.dataset)
-        self.model = load_target(cfg, RunDir(out), self.data)
+        self.data, self.model = load_data_and_target(cfg, out)
 
     def __call__(self, features: Features, splits: Splits, sel: Selection) -> dict:
         from mia_tasks.attack_runs import run_attack
@@ -59,18 +54,11 @@ def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, s
         return {}
     init_ray(cfg.ray)
     gpus = gpus_available()
-    cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
-                     max_task_retries=cfg.ray.max_retries)(NasrRunner)
-    actors = [cls.remote(cfg, rd.uri, bool(gpus)) for _ in range(min(len(todo), gpus or cfg.ray.fit_actors))]
     f_ref, s_ref = ray.put(features), ray.put(splits)
-    results = {}
-    with progress(len(todo), f"nasr ({len(actors)} actors)", "selection") as bar:
-        for sel, res in zip(todo, ActorPool(actors).map(lambda a, sel: a.__call__.remote(f_ref, s_ref, sel), todo)):
-            results[sel.label] = res
-            bar.update(1)
-    for a in actors:
-        ray.kill(a)
-    return results
+    n = pool_size(len(todo), gpus, cfg.ray.fit_actors, "nasr", "ray.fit_actors")
+    with actor_pool(NasrRunner, (cfg, rd.uri, bool(gpus)), n, gpu=bool(gpus), max_retries=cfg.ray.max_retries) as pool:
+        results = pool.map(lambda a, sel: a.__call__.remote(f_ref, s_ref, sel), todo, "nasr", "selection", ordered=True)
+    return {sel.label: res for sel, res in zip(todo, results)}
 
 
 def settings(cfg: Config, name: str, attack: str, features: Features) -> dict:

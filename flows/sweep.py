@@ -11,35 +11,23 @@ submits only the missing ones; once the table is complete, OUT/shapley.json.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.util import ActorPool
 
+from mia_tasks.attack_data import attack_data, column_masks, missing_coalitions
 from mia_tasks.config import Config
 from mia_tasks.errors import LayerleakError
 from mia_tasks.featurestore import Features
 from mia_tasks.players import make_players, player_columns
 from mia_tasks.rundir import RunDir
-from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, Splits
+from mia_tasks.splits import Splits
 from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
-from mia_tasks.transforms import fit_transform_pair
 
-from .progress import progress
-from .runtime import held_device, init_ray, placeable, remote_errors, stage_gpus
-
-
-def attack_data(features: Features, splits: Splits, columns: list[str], transform: str = "none") -> list[dict[str, np.ndarray]]:
-    """Per repeat: the attack-train and attack-eval matrices (transformed, fitted on attack-train) and labels."""
-    member = dict(zip(splits.table.column("sample_id").to_numpy(), splits.table.column("member").to_numpy(zero_copy_only=False)))
-    out = []
-    for r in range(splits.repeats):
-        tr, ev = splits.ids(r, ROLE_TRAIN), splits.ids(r, ROLE_EVAL)
-        X_train, X_eval = fit_transform_pair(features.matrix(columns, tr), features.matrix(columns, ev), transform)
-        out.append({"X_train": X_train, "y_train": np.array([member[i] for i in tr], np.int64),
-                    "X_eval": X_eval, "y_eval": np.array([member[i] for i in ev], np.int64)})
-    return out
+from .actors import actor_pool, pool_size
+from .runtime import held_device, init_ray, stage_gpus
 
 
 class Fitter:
@@ -53,18 +41,12 @@ class Fitter:
     def __init__(self, widths: list[int], out: str, config_hash: str, C: float, gpu: bool):
         self.rd, self.hash, self.C = RunDir(out), config_hash, C
         self.device = held_device(gpu)
-        self.offsets = np.concatenate([[0], np.cumsum(widths)])
-
-    def column_masks(self, coalitions: np.ndarray) -> np.ndarray:
-        """[K, D] bool: the feature columns of the players in each coalition."""
-        n_players = len(self.offsets) - 1
-        bits = (coalitions[:, None] >> np.arange(n_players)[None, :]) & 1
-        return np.repeat(bits.astype(bool), np.diff(self.offsets), axis=1)
+        self.widths = widths
 
     def fit(self, d: dict[str, np.ndarray], repeat: int, coalitions: np.ndarray) -> int:
         from mia_tasks.coalitions import fit_coalitions
 
-        res = fit_coalitions(d["X_train"], d["y_train"], d["X_eval"], d["y_eval"], self.column_masks(coalitions),
+        res = fit_coalitions(d["X_train"], d["y_train"], d["X_eval"], d["y_eval"], column_masks(coalitions, self.widths),
                              C=self.C, device=self.device)
         table = pa.table({"coalition": pa.array(coalitions, pa.int64()), "repeat": pa.array(np.full(len(coalitions), repeat), pa.int64()),
                           **{m: pa.array(np.asarray(res[m], np.float64)) for m in METRICS}})
@@ -83,63 +65,53 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                              f"or estimate by sampling (--set sweep.method=sampled)")
     cols = player_columns(players, cfg.sweep.kinds)
     data = attack_data(features, splits, [c for pc in cols for c in pc], cfg.attack.transform)
-    fitters: list = []
-    data_refs: list = []  # one per repeat, held here so retried calls after a restart still find the data
+    with ExitStack() as stack:  # the fitters, started on the first fit, are killed however the sweep ends
+        fitters = None  # the Pool, once started
+        data_refs: list = []  # one per repeat, held here so retried calls after a restart still find the data
 
-    def evaluate(repeat_masks: dict[int, np.ndarray]) -> None:
-        """Fit the given coalitions of each repeat through the actor pool, in chunks (one part each)."""
-        jobs = [(r, masks[i:i + cfg.sweep.chunk_size]) for r, masks in repeat_masks.items()
-                for i in range(0, len(masks), cfg.sweep.chunk_size)]
-        if not jobs:
-            return
-        if not fitters:
-            init_ray(cfg.ray)
-            gpus = stage_gpus("sweep.device", cfg.sweep.device)
-            cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=cfg.ray.max_retries,
-                             max_task_retries=cfg.ray.max_retries)(Fitter)
-            data_refs.extend(ray.put(d) for d in data)
-            n = gpus if gpus else placeable(cfg.ray.fit_actors, "sweep", "ray.fit_actors")
-            fitters.extend(cls.remote([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, bool(gpus))
-                           for _ in range(min(n, len(jobs))))
-        total = sum(len(m) for _, m in jobs)
-        start = time.perf_counter()
-        with progress(total, f"sweep ({len(fitters)} fitters)", "coalition") as bar, remote_errors():
-            for n_done in ActorPool(fitters).map_unordered(lambda a, job: a.fit.remote(data_refs[job[0]], *job), jobs):
-                bar.update(n_done)
-        print(f"[layerleak] sweep: {total} coalition fits in {time.perf_counter() - start:.1f}s")
+        def evaluate(repeat_masks: dict[int, np.ndarray]) -> None:
+            """Fit the given coalitions of each repeat through the actor pool, in chunks (one part each)."""
+            nonlocal fitters
+            jobs = [(r, masks[i:i + cfg.sweep.chunk_size]) for r, masks in repeat_masks.items()
+                    for i in range(0, len(masks), cfg.sweep.chunk_size)]
+            if not jobs:
+                return
+            if fitters is None:
+                init_ray(cfg.ray)
+                gpus = stage_gpus("sweep.device", cfg.sweep.device)
+                data_refs.extend(ray.put(d) for d in data)
+                n = pool_size(len(jobs), gpus, cfg.ray.fit_actors, "sweep", "ray.fit_actors")
+                fitters = stack.enter_context(actor_pool(Fitter, ([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, bool(gpus)),
+                                                         n, gpu=bool(gpus), max_retries=cfg.ray.max_retries))
+            total = sum(len(m) for _, m in jobs)
+            start = time.perf_counter()
+            fitters.map(lambda a, job: a.fit.remote(data_refs[job[0]], *job), jobs, "sweep", "coalition",
+                        size=lambda n_done: n_done, total=total)
+            print(f"[layerleak] sweep: {total} coalition fits in {time.perf_counter() - start:.1f}s")
 
-    table = read_sweep(rd, hashes["sweep"])
-    if cfg.sweep.method == "exact":
-        all_masks = np.arange(1, 2 ** L, dtype=np.int64)
-        missing = {}
-        for r in range(splits.repeats):
-            have = table.get(r, {})
-            todo = all_masks[~np.isin(all_masks, np.fromiter(have.keys(), np.int64, len(have)))]
-            if len(todo):
-                missing[r] = todo
-        n_have = sum(len(v) for v in table.values())
-        if missing:
-            print(f"[layerleak] sweep: {L} players, {splits.repeats} repeats: {n_have} of {len(all_masks) * splits.repeats} "
-                  f"(coalition, repeat) keys present, fitting {sum(len(v) for v in missing.values())}")
-        evaluate(missing)
         table = read_sweep(rd, hashes["sweep"])
-        sampled = None
-    else:
-        from mia_tasks.shapley import sampled_shapley
+        if cfg.sweep.method == "exact":
+            missing = missing_coalitions(table, L, splits.repeats)
+            if missing:
+                n_have = sum(len(v) for v in table.values())
+                print(f"[layerleak] sweep: {L} players, {splits.repeats} repeats: {n_have} of {(2 ** L - 1) * splits.repeats} "
+                      f"(coalition, repeat) keys present, fitting {sum(len(v) for v in missing.values())}")
+            evaluate(missing)
+            sampled = None
+        else:
+            from mia_tasks.shapley import sampled_shapley
 
-        sampled = []
-        for r in range(splits.repeats):
-            def value_fn(masks: np.ndarray, r: int = r) -> np.ndarray:
-                have = read_sweep(rd, hashes["sweep"]).get(r, {})
-                todo = np.array([m for m in masks if m and m not in have], np.int64)
-                evaluate({r: np.unique(todo)} if len(todo) else {})
-                have = read_sweep(rd, hashes["sweep"]).get(r, {})
-                return np.array([0.5 if m == 0 else have[m]["accuracy"] for m in masks])
-            sampled.append(sampled_shapley(value_fn, L, max_permutations=cfg.sweep.permutations, tol=cfg.sweep.tol,
-                                           seed=cfg.seed + r))
+            sampled = []
+            for r in range(splits.repeats):
+                def value_fn(masks: np.ndarray, r: int = r) -> np.ndarray:
+                    """v(S) of the given non-empty coalitions (sampled_shapley holds v(∅)), fitting those not in OUT yet."""
+                    have = read_sweep(rd, hashes["sweep"]).get(r, {})
+                    evaluate({r: np.unique(np.array([m for m in masks if m not in have], np.int64))})
+                    have = read_sweep(rd, hashes["sweep"]).get(r, {})
+                    return np.array([have[m]["accuracy"] for m in masks])
+                sampled.append(sampled_shapley(value_fn, L, max_permutations=cfg.sweep.permutations, tol=cfg.sweep.tol,
+                                               seed=cfg.seed + r))
         table = read_sweep(rd, hashes["sweep"])
-    for f in fitters:
-        ray.kill(f)
     report = shapley_report(table, players, features, cfg, hashes["sweep"], sampled)
     rd.write_json("shapley.json", report)
     return report

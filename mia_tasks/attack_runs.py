@@ -15,8 +15,6 @@ from .featurestore import Features
 from .metrics import aggregate, roc_curve
 from .splits import ROLE_EVAL, ROLE_TRAIN, Splits
 
-FEATURE_ATTACKS = ("logistic", "loss-threshold", "confidence-threshold")
-
 
 def _roc_points(y: np.ndarray, scores: np.ndarray, n: int = 200) -> dict[str, list[float]]:
     """The ROC curve thinned to at most ``n`` points (kept log-spaced in FPR), for plots."""

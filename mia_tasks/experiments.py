@@ -27,7 +27,6 @@ from .splits import Splits
 
 EXPERIMENTS = ("groups-grad", "groups-out", "single-layer")
 ALL_EXPERIMENTS = (*EXPERIMENTS, "shapley")
-EXPERIMENT_ATTACKS = ("logistic", "nasr")
 EXPERIMENTS_DIR = "experiments"
 # The Nasr attack model convolves each raw per-sample weight gradient: a selection whose gradients hold
 # more parameters than this per sample is skipped (a CIFAR AlexNet's fc layers alone hold ~50M).
