@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mia_tasks import gradstats
+from mia_tasks.gradstats import conv as conv_route
 from mia_tasks.errors import LayerleakError
 from mia_tasks.gradstats import (STATS, feature_columns, features_to_columns, merge_sums, outer_sums, per_sample_features,
                                  per_sample_grad_stats, reference_grad_stats, stats_from_sums, stats_of, sums_of)
+from mia_tasks.gradstats.moments import row_stats
 from mia_tasks.models import audited_layers, build
 
 FAST = settings(max_examples=12, deadline=None)
@@ -80,12 +81,12 @@ def test_stats_of_and_sums_match_scipy(rows, n, seed, shift):
     want = scipy_stats(x) if n > 1 else torch.tensor([[x[i, 0], x[i, 0], x[i, 0], abs(x[i, 0]), abs(x[i, 0]), 0, 0] for i in range(rows)], dtype=torch.float64)
     assert_stats_close(stats_of(x), want)
     assert_stats_close(stats_from_sums(sums_of(x)), want)
-    assert_stats_close(gradstats._row_stats(x), want)
+    assert_stats_close(row_stats(x), want)
 
 
 def test_constant_rows_have_zero_kurtosis_and_skewness():
     x = torch.tensor([[0.0] * 5, [2.5] * 5, [-1e-3] * 5], dtype=torch.float64)
-    for s in (stats_of(x), stats_from_sums(sums_of(x)), gradstats._row_stats(x), gradstats._row_stats(x.float())):
+    for s in (stats_of(x), stats_from_sums(sums_of(x)), row_stats(x), row_stats(x.float())):
         assert torch.isfinite(s).all()
         assert (s[:, 5:] == 0).all()
         assert torch.allclose(s[:, 0], x[:, 0].double()) and torch.allclose(s[:, 2], x[:, 0].double())
@@ -166,7 +167,7 @@ def test_conv_layers(case):
 @pytest.mark.parametrize("grouped", [True, False])
 def test_both_conv_routes(monkeypatch, grouped):
     """Force the grouped-convolution route and the unfold + matmul (+ contraction) route on the same net."""
-    monkeypatch.setattr(gradstats, "_GROUPED_MIN_POSITIONS", 1 if grouped else 10**9)
+    monkeypatch.setattr(conv_route, "GROUPED_MIN_POSITIONS", 1 if grouped else 10**9)
     torch.manual_seed(1)
     conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2).double()
     x = torch.randn(5, 4, 5, 5, dtype=torch.float64)
@@ -181,11 +182,11 @@ def test_both_conv_routes(monkeypatch, grouped):
 ])
 def test_padding_offsets_as_outer_products(monkeypatch, size, kw):
     """Kernel offsets that read real input at one output position (or none) are summed from factors."""
-    monkeypatch.setattr(gradstats, "_GROUPED_MIN_POSITIONS", 10**9)
+    monkeypatch.setattr(conv_route, "GROUPED_MIN_POSITIONS", 10**9)
     torch.manual_seed(size)
     conv = nn.Conv2d(4, 6, **kw).double()
     x = torch.randn(3, 4, size, size, dtype=torch.float64)
-    src = gradstats._source_pixels(gradstats._geometry(conv), (size, size), conv.padding, x.device)
+    src = conv_route._source_pixels(conv_route._geometry(conv), (size, size), conv.padding, x.device)
     cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride).reshape(3, 4, src.shape[0], src.shape[1])
     for k, p in (src >= 0).nonzero().tolist():  # the map agrees with a direct unfold of the input
         assert torch.equal(cols[:, :, k, p], x.flatten(2)[:, :, src[k, p]])
@@ -195,9 +196,9 @@ def test_padding_offsets_as_outer_products(monkeypatch, size, kw):
 
 def test_patches_stay_within_the_budget(monkeypatch):
     """The patches made at once (all offsets, or only the dense ones) fit in the budget, whatever the batch."""
-    monkeypatch.setattr(gradstats, "_GROUPED_MIN_POSITIONS", 10**9)
+    monkeypatch.setattr(conv_route, "GROUPED_MIN_POSITIONS", 10**9)
     made = []
-    real = gradstats._outer_chunk_sums
+    real = conv_route.outer_chunk_sums
 
     def spy(g, A, plan, m):
         def patches(b0, b1):
@@ -207,7 +208,7 @@ def test_patches_stay_within_the_budget(monkeypatch):
             return P
         return real(g, patches, plan, m)
 
-    monkeypatch.setattr(gradstats, "_outer_chunk_sums", spy)
+    monkeypatch.setattr(conv_route, "outer_chunk_sums", spy)
     torch.manual_seed(0)
     for conv in (nn.Conv2d(64, 8, 7, padding=3), nn.Conv2d(64, 8, 3, padding=1)):  # 1 of 49 / 5 of 9 offsets dense
         made.clear()
@@ -471,7 +472,7 @@ def test_cuda_matches_cpu(dtype):
 
 def test_full_fp32_on_cuda_restores_the_flags():
     """Set and restored without a GPU: the flags are process-wide settings."""
-    from mia_tasks.gradstats import _full_fp32
+    from mia_tasks.gradstats.recorder import _full_fp32
 
     conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
     before = conv.fp32_precision, mm.fp32_precision
