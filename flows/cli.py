@@ -11,7 +11,9 @@ import argparse
 import sys
 import time
 
-from mia_tasks.errors import LayerleakError
+from mia_tasks.errors import LayerleakError, one_line
+
+from .signals import EXIT_SIGTERM, handle_sigterm, terminated
 
 from .bench import BENCHES
 
@@ -24,8 +26,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default: output.dir of the config)")
 
 
+KEYS_HELP = ("config keys: 'layerleak config' prints every key of the resolved config with its value and what it "
+             "accepts (--config/--set as for run); the presets in flows/configs/ are commented YAML")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="layerleak", description="Which layers of a trained network leak membership?")
+    p = argparse.ArgumentParser(prog="layerleak", description="Which layers of a trained network leak membership?", epilog=KEYS_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     helps = {
         "run": "the whole audit: splits, target, features, sweep, Shapley values, report",
@@ -37,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
         "paper": "the seed study's experiments (figures 3-6) on this config",
     }
     for name in STAGES:
-        sp = sub.add_parser(name, help=helps[name], description=helps[name])
+        sp = sub.add_parser(name, help=helps[name], description=helps[name], epilog=KEYS_HELP)
         _common(sp)
         if name == "attack":
             sp.add_argument("--attack", choices=("logistic", "nasr", "loss-threshold", "confidence-threshold"), help="default: attack.name")
@@ -46,11 +52,17 @@ def parser() -> argparse.ArgumentParser:
         if name == "paper":
             sp.add_argument("--experiment", default="all", choices=("groups-grad", "groups-out", "single-layer", "shapley", "all"))
             sp.add_argument("--attack", default="logistic", choices=("logistic", "nasr"))
-    m = sub.add_parser("models", help="list architectures, or one architecture's audited layers")
-    m.add_argument("arch", nargs="?", help="an architecture name or module:factory")
-    m.add_argument("--num-classes", type=int, default=100)
-    m.add_argument("--in-channels", type=int, default=3)
-    m.add_argument("--input-size", type=int, default=32)
+    c = sub.add_parser("config", help="print the resolved config: every key, its value and what it accepts",
+                       description="Print the resolved config (preset + --set overrides) as YAML, each key commented with what it accepts.")
+    _common(c)
+    m = sub.add_parser("models", help="list architectures, or one architecture's audited layers",
+                       description="An architecture's audited layers in forward order, shaped for the config's dataset "
+                                   "(default: the default config's digits, 10 classes of 1x8x8 images).")
+    m.add_argument("arch", nargs="?", help="an architecture name or module:factory (default: list them)")
+    _common(m)
+    m.add_argument("--num-classes", type=int, help="override the dataset's number of classes")
+    m.add_argument("--in-channels", type=int, help="override the dataset's image channels")
+    m.add_argument("--input-size", type=int, help="override the dataset's image size")
     m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="architecture option, e.g. depth=56")
     b = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="\n".join(f"{k:12s} {v}" for k, v in BENCHES.items()))
@@ -59,27 +71,53 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _dataset_shape(cfg) -> tuple[int, int, int]:
+    """(classes, channels, size) of the config's dataset: read from the data where it loads, else the
+    dataset's published shape (a CIFAR root not on this machine still shows the model CIFAR makes)."""
+    from mia_tasks.data import load_dataset
+
+    known = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "fashion-mnist": (10, 1, 28), "digits": (10, 1, 8)}
+    try:
+        data = load_dataset(cfg.dataset)
+    except LayerleakError:
+        if cfg.dataset.name in known:
+            return known[cfg.dataset.name]
+        raise
+    return data.num_classes, data.in_channels, data.input_size
+
+
 def _models(args: argparse.Namespace) -> int:
     import torch
     import yaml
 
     from mia_tasks.models import ARCHS, audited_layers, build, default_groups, param_count
 
+    from .presets import load
+
     if not args.arch:
         for name, factory in ARCHS.items():
             print(f"{name:10s} {(factory.__doc__ or '').strip().splitlines()[0]}")
         print("or a model of your own: --set model.arch=package.module:factory (or path/to/file.py:factory)")
         return 0
-    options = {}
+    cfg = load(args.config, [*args.set, f"model.arch={args.arch}"])
+    options = dict(cfg.model.options)
     for item in args.option:
-        k, _, v = item.partition("=")
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise LayerleakError(f"--option {item!r}: expected KEY=VALUE, e.g. depth=56")
         options[k] = yaml.safe_load(v)
-    model = build(args.arch, args.num_classes, args.in_channels, input_size=args.input_size, **options)
-    layers = audited_layers(model, torch.zeros(2, args.in_channels, args.input_size, args.input_size))
+    classes, channels, size = _dataset_shape(cfg)
+    # the shape is the dataset's; it may be given as options too (--option num_classes=100)
+    classes = args.num_classes or options.pop("num_classes", None) or classes
+    channels = args.in_channels or options.pop("in_channels", None) or channels
+    size = args.input_size or options.pop("input_size", None) or size
+    model = build(args.arch, int(classes), int(channels), input_size=int(size), **options)
+    layers = audited_layers(model, torch.zeros(2, int(channels), int(size), int(size)))
     groups = default_groups(layers)
     group_of = {l: g for g, ls in groups.items() for l in ls}
     total = sum(p.numel() for p in model.parameters())
     audited = 0
+    print(f"{args.arch} for {cfg.dataset.name}: {classes} classes, {channels}x{size}x{size} images")
     print(f"{'depth':>5}  {'layer':32s} {'type':8s} {'params':>10}  group")
     for i, name in enumerate(layers, 1):
         n = param_count(model, name)
@@ -87,6 +125,33 @@ def _models(args: argparse.Namespace) -> int:
         print(f"{i:>5}  {name:32s} {type(model.get_submodule(name)).__name__:8s} {n:>10,}  {group_of[name]}")
     print(f"{len(layers)} audited layers, {audited:,} parameters of {total:,} in the model"
           + ("" if audited == total else f" (the other {total - audited:,} are normalisation layers)"))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """The resolved config as YAML, each key commented with what it accepts."""
+    import dataclasses
+
+    import yaml
+
+    from .presets import load, resolve
+
+    overrides = [*args.set, *([f"output.dir={args.out}"] if args.out else [])]
+    cfg = load(args.config, overrides)
+    print(f"# resolved from {resolve(args.config)}" + (f" with --set {' '.join(overrides)}" if overrides else ""))
+
+    def emit(obj, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                print(f"{indent}{f.name}:")
+                emit(value, indent + "  ")
+                continue
+            text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10_000).strip()
+            rule = f.metadata.get("rule")
+            line = indent + (text[1:-1] if text.startswith("{") else text)
+            print(f"{line:42s} # {rule.describe() if rule else ''}")
+    emit(cfg, "")
     return 0
 
 
@@ -98,7 +163,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
-    from mia_tasks.rundir import RunDir
+    from mia_tasks.config import stage_hashes
+    from mia_tasks.outlock import reading, writing
+    from mia_tasks.rundir import RunDir, new_run_id
 
     from .presets import load
 
@@ -106,30 +173,40 @@ def _stage(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"output.dir={args.out}")
     cfg = load(args.config, overrides)
-    rd = RunDir(cfg.output.dir)
-    hashes = rd.prepare(cfg)
     from . import pipeline  # stages start Ray only when they have work to do
 
     start = time.perf_counter()
-    pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
+    if args.command in pipeline.READERS:  # reads OUT while no run writes it (a shared lock); writes only its report
+        rd = RunDir(cfg.output.dir)
+        with reading(rd, args.command):
+            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, stage_hashes(cfg), args)
+    else:  # one writing run at a time: OUT is marked, and locked for the whole command
+        rd = RunDir(cfg.output.dir, run_id=new_run_id())
+        with writing(rd):
+            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, rd.prepare(cfg), args)
     print(f"[layerleak] {args.command} done in {time.perf_counter() - start:.1f}s; outputs in {rd.uri}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input ends in one ``layerleak: error:`` line and exit 2, Ctrl-C in 130, SIGTERM in 143."""
+    handle_sigterm()
     args = parser().parse_args(argv)
     try:
         if args.command == "models":
             return _models(args)
+        if args.command == "config":
+            return _config(args)
         if args.command == "bench":
             return _bench(args)
         return _stage(args)
     except LayerleakError as e:
-        print(f"layerleak: error: {e}", file=sys.stderr)
+        print(f"layerleak: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2
-    except KeyboardInterrupt:
-        print("layerleak: interrupted; finished parts are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated (SIGTERM)" if terminated(e) else "interrupted"
+        print(f"layerleak: {how}; finished parts are kept, rerun the same command to resume", file=sys.stderr, flush=True)
+        return EXIT_SIGTERM if terminated(e) else 130
 
 
 if __name__ == "__main__":

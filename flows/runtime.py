@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import sys
 import time
@@ -11,7 +13,9 @@ from typing import Iterator
 
 import ray
 
-from mia_tasks.errors import LayerleakError
+from mia_tasks.errors import LayerleakError, one_line
+
+from .signals import Terminated, handle_sigterm
 
 
 def init_ray(ray_cfg) -> None:
@@ -24,21 +28,43 @@ def init_ray(ray_cfg) -> None:
     try:
         if address:
             _check_reachable(address)
+            _send_token_if_available()
             host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
             # A head on loopback listens on 127.0.0.1 only: join it the same way (Ray would dial the routable IP).
             with _loopback_only() if host in ("127.0.0.1", "localhost", "::1") else nullcontext():
                 ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         else:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a loopback-only instance of our own: no token needed
             # address="local": always a new instance; with None, ray.init would join whatever cluster
             # `ray start` last recorded on this machine (/tmp/ray/ray_current_cluster), maybe another user's.
             with _loopback_only():
                 ray.init(address="local", num_cpus=ray_cfg.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                          logging_level="WARNING", configure_logging=True)
+    except SystemExit as e:
+        if e.code == signal.SIGTERM:  # SIGTERM while ray.init ran: Ray's own handler exits with the signal number
+            raise Terminated from None
+        raise
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
-        raise LayerleakError(f"cannot connect to {where}: {first}; check RAY_ADDRESS/ray.address (unset it to run locally)") from None
+        raise LayerleakError(f"cannot connect to {where}: {one_line(e)}; check RAY_ADDRESS/ray.address (unset it to run locally)") from None
+    handle_sigterm()  # ray.init replaced our SIGTERM handler with one that dumps a C++ stack
+
+
+def _send_token_if_available() -> None:
+    """Join with token authentication when a token is at hand and RAY_AUTH_MODE is unset.
+
+    Ray 2.60 turns token authentication on for a cluster it starts (a new local instance makes
+    ~/.ray/auth_token on first use), but a driver joining an existing cluster sends no token unless
+    RAY_AUTH_MODE=token. A token sent to a cluster without authentication is ignored, so sending it
+    whenever one exists lets the same command join either kind without the user setting a variable.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        from ray._raylet import Config
+
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")  # this process's Ray config reads the mode once; refresh it as Ray itself does
 
 
 @contextmanager
@@ -88,15 +114,32 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 @contextmanager
 def remote_errors() -> Iterator[None]:
-    """Let a LayerleakError raised inside a Ray task or actor reach the CLI as one line, not a remote traceback."""
+    """Let an error raised inside a Ray task or actor reach the CLI as one line, never as a remote traceback.
+
+    A LayerleakError keeps its message; any other exception (a user's model code, a library) becomes
+    "<task> failed: <type>: <message>"; a worker that died says so.
+    """
     try:
         yield
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, LayerleakError):
-            # sibling tasks fail the same way; Ray would print each one's traceback at exit
-            os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
-            raise LayerleakError(str(e.cause)) from None
-        raise
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"  # sibling tasks fail the same way; Ray would print each at exit
+        cause = e.cause
+        if isinstance(cause, LayerleakError):
+            raise LayerleakError(str(cause)) from None
+        if isinstance(cause, ray.exceptions.RayError) and not isinstance(cause, ray.exceptions.RayTaskError):
+            raise LayerleakError(f"{_task_name(e)} failed: {one_line(cause)}") from None
+        raise LayerleakError(f"{_task_name(e)} failed: {type(cause).__name__}: {one_line(cause)}") from None
+    except ray.exceptions.RayError as e:  # an actor or worker that died (out of memory, killed), a lost object
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+        raise LayerleakError(f"a Ray worker failed: {type(e).__name__}: {one_line(e)}") from None
+
+
+def _task_name(e: ray.exceptions.RayTaskError) -> str:
+    """'Ray task _target_task' / 'Ray actor Extractor.__call__', read from the error's 'ray::NAME()' title (the
+    error Ray raises is a copy that keeps no function name)."""
+    title = re.search(r"ray::([\w.]+)\(", one_line(str(e).split("\n", 1)[0]))
+    name = title.group(1) if title else "task"
+    return f"Ray {'actor' if '.' in name else 'task'} {name}"
 
 
 def gpus_available() -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import LayerleakError
+from .schema import FEATURE_KINDS, LAYER_KINDS, SCHEMA_VERSION
 from .rules import (
     Rule,
     allow,
@@ -55,9 +56,7 @@ def _attacks() -> list[str]:
 
 
 def _kinds() -> list[str]:
-    from .attacks import KINDS
-
-    return list(KINDS)
+    return list(FEATURE_KINDS)
 
 
 def _transforms() -> list[str]:
@@ -67,7 +66,13 @@ def _transforms() -> list[str]:
 
 
 def _arch(value: Any) -> str:
-    if isinstance(value, str) and (value in _archs() or all(value.rpartition(":")[::2])):
+    """A registered architecture, or a user's factory, imported here so that its errors come before any work."""
+    if isinstance(value, str) and value in _archs():
+        return value
+    if isinstance(value, str) and all(value.rpartition(":")[::2]):
+        from .models import load_factory
+
+        load_factory(value)
         return value
     raise ValueError(value)
 
@@ -76,7 +81,7 @@ ARCH = Rule(lambda: f"one of {', '.join(_archs())}, or a factory 'package.module
 POSITIVE, POSITIVE_INT, PATH = number(0, lo_open=True), integer(1), text("a path")
 LAYERS = list_of(text("a layer name")).or_null()
 PLAYERS = either(choice(("layers", "groups")), mapping("a mapping {player: [layer, ...]}", list_of(text("a layer name")), nonempty=True))
-PLAYER_KINDS = list_of(choice(lambda: [k for k in _kinds() if k != "loss"]))  # players bring per-layer features only
+PLAYER_KINDS = list_of(choice(LAYER_KINDS))  # players bring per-layer features only
 
 
 @dataclass
@@ -286,9 +291,11 @@ ATTACK_SETTINGS = {
 STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
     "target": ("seed", "dataset", "split", "model", "train"),
-    "features": ("seed", "dataset", "split", "model", "train", "features"),
-    "sweep": ("dataset", "split", "model", "train", "features", *ATTACK_SETTINGS["logistic"].values(), "sweep"),
+    "features": ("seed", "dataset", "split", "model", "train", "features", "feature_schema"),
+    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", *ATTACK_SETTINGS["logistic"].values(), "sweep"),
 }
+# Versions of the code's output formats that change a stage's results as a setting would.
+CODE_VERSIONS = {"feature_schema": SCHEMA_VERSION}
 RESULT_FREE = {"dataset.root", "dataset.download", "train.device", "features.device", "features.batch_size",
                "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint"}
 
@@ -309,7 +316,8 @@ def _strip(tree: Any, prefix: str) -> Any:
 def stage_hashes(cfg: Config) -> dict[str, str]:
     """A hash per stage over the settings that change its results (paths, devices and batch sizes excluded)."""
     tree = _strip(cfg.to_dict(), "")
-    out = {stage: _digest({k: _select(tree, k) for k in keys if _has(tree, k)}) for stage, keys in STAGE_SECTIONS.items()}
+    versioned = {**tree, **CODE_VERSIONS}
+    out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
     out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output")})
     return out
 

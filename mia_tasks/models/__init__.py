@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from ..errors import LayerleakError
+from ..errors import LayerleakError, one_line
 from .cifar import AlexNet, ResNet, SmallCNN
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
@@ -32,7 +32,9 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
 AUDITED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def _load_factory(spec: str) -> Callable[..., nn.Module]:
+def load_factory(spec: str) -> Callable[..., nn.Module]:
+    """The factory a user names as 'package.module:factory' or 'path/to/file.py:factory' (imports its module);
+    any error in the user's code is a LayerleakError naming model.arch."""
     target, _, name = spec.rpartition(":")
     if not target or not name:
         raise LayerleakError(f"model.arch {spec!r}: expected one of {sorted(ARCHS)} or 'package.module:factory' or 'file.py:factory'")
@@ -42,12 +44,15 @@ def _load_factory(spec: str) -> Callable[..., nn.Module]:
             raise LayerleakError(f"model.arch {spec!r}: file {target} not found")
         mod_spec = importlib.util.spec_from_file_location(f"layerleak_user_{path.stem}", path)
         module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as e:  # the user's code: any error, reported as one line naming the file
+            raise LayerleakError(f"model.arch {spec!r}: importing {target} raised {type(e).__name__}: {one_line(e)}") from None
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as e:
-            raise LayerleakError(f"model.arch {spec!r}: cannot import {target}: {e}") from None
+        except Exception as e:
+            raise LayerleakError(f"model.arch {spec!r}: cannot import {target}: {type(e).__name__}: {one_line(e)}") from None
     factory = getattr(module, name, None)
     if not callable(factory):
         raise LayerleakError(f"model.arch {spec!r}: {target} has no callable {name!r}")
@@ -59,7 +64,7 @@ def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> n
     if arch in ARCHS:
         factory = ARCHS[arch]
     elif ":" in arch:
-        factory = _load_factory(arch)
+        factory = load_factory(arch)
     else:
         raise LayerleakError(f"unknown model.arch {arch!r}: choose one of {', '.join(sorted(ARCHS))}, or give 'module:factory'")
     params = inspect.signature(factory).parameters
@@ -70,9 +75,18 @@ def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> n
     if unknown and arch in ARCHS:
         raise LayerleakError(f"model {arch!r} takes no option(s) {sorted(unknown)}; it takes {sorted(set(params) - {'self'})}")
     try:
-        return factory(**call)
+        model = factory(**call)
+    except LayerleakError:
+        raise
     except (ValueError, TypeError) as e:
-        raise LayerleakError(f"model {arch!r}: {e}") from None
+        raise LayerleakError(f"model {arch!r}: {one_line(e)}") from None
+    except Exception as e:  # a user's factory: any error, one line naming it
+        if arch in ARCHS:
+            raise
+        raise LayerleakError(f"model.arch {arch!r}: the factory raised {type(e).__name__}: {one_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise LayerleakError(f"model.arch {arch!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def audited_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
