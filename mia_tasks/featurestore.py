@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from .errors import LayerleakError
+from .errors import LayerleakError, one_line
 from .rundir import RunDir
 
 FEATURES = "features"
@@ -33,7 +33,7 @@ def part_problem(rd: RunDir, shard: int, config_hash: str, sample_ids: np.ndarra
             return f"made by another config (hash {meta.get('config_hash')})"
         ids = rd.read_parquet(name).column("sample_id").to_numpy()
     except (OSError, pa.ArrowException, ValueError) as e:
-        return f"unreadable ({str(e).splitlines()[0][:80]})"
+        return f"unreadable ({one_line(e)})"
     if not np.array_equal(ids, sample_ids):
         return "holds other samples"
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from .errors import one_line
 from .featurestore import Features
 from .rundir import RunDir
 from .shapley import exact_shapley, value_table
@@ -25,7 +26,7 @@ def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, fl
             t = rd.read_parquet(rel)
             cols = {c: t.column(c).to_numpy() for c in ("coalition", "repeat", *METRICS)}
         except (OSError, pa.ArrowException, ValueError, KeyError) as e:
-            print(f"[layerleak] sweep: {rel} is not a valid part ({str(e).splitlines()[0][:80]}); removing it, its keys will be refitted")
+            print(f"[layerleak] sweep: {rel} is not a valid part ({one_line(e)}); removing it, its keys will be refitted")
             rd.delete(rel)
             continue
         for i, (c, r) in enumerate(zip(cols["coalition"], cols["repeat"])):
