@@ -58,8 +58,6 @@ class AlexNet(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, inplanes: int, planes: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
