@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 # Bump when the meaning or the content of a feature column changes: old feature parts are recomputed.
-# 2: the logits layer's gradient mean is written as an exact zero and listed as constant.
+# 2: the logits layer's gradient mean is written as an exact zero and listed as constant; the loss (and the
+#    logit gradient every gradient feature starts from) is computed in float64.
 SCHEMA_VERSION = 2
 
 STATS = ("max", "min", "mean", "l1", "l2", "kurtosis", "skewness")

@@ -11,6 +11,9 @@ exact and independent of the batch):
   per-sample outlives its layer;
 - parameters are frozen during the pass, so autograd skips the batched weight gradients it would
   otherwise compute and throw away (and ``.grad`` fields stay untouched);
+- the loss is computed in float64 from the logits: in float32, a confident sample's logit gradient
+  p_y - 1 keeps only a few digits (and the loss, log-sum-exp minus the logit, fewer), which made float32
+  features depend on the batch size they were computed in (up to 5e-5 of a column's scale, 1e-6 now);
 - the layer whose output is the logits, when its route says so (Linear), has a gradient mean of
   exactly 0 by construction (``schema.constant_columns``): it is written as 0, not as rounding noise.
 """
@@ -156,8 +159,9 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
     Returns ``{"loss": [B], "grad": {layer: [B, 7]}, "out": {layer: [B, 7]}, "constant_columns": [...]}``
     (float64, on the inputs' device). ``constant_columns`` names the features that are constant by
     construction (``schema.constant_columns``: the gradient mean of a Linear layer whose output is the
-    logits), which are exact zeros here rather than rounding noise. The loss is per-sample cross-entropy, summed over the batch for the backward pass, so each
-    row is exact and independent of the batch it came in. The model runs in eval mode (BatchNorm uses
+    logits), which are exact zeros here rather than rounding noise. The loss is per-sample cross-entropy
+    (in float64), summed over the batch for the backward pass, so each row is exact and independent of the
+    batch it came in. The model runs in eval mode (BatchNorm uses
     running statistics); its modes, ``requires_grad`` flags and ``.grad`` fields are left as they were.
     ``budget_mb`` bounds the memory of the per-sample conv gradients (and their patches) materialised at
     once: chunks of samples, at least one, so the peak is the budget, or one sample's weight gradient and
@@ -186,7 +190,7 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
             logits = model(inputs.detach())
             recorder.recording = False
             logits_layer = recorder.layer_of(logits) if logits.dim() == 2 else None
-            loss = F.cross_entropy(logits, targets, reduction="none")
+            loss = F.cross_entropy(logits.double(), targets, reduction="none")
             starts = recorder.leaves + recorder.roots
             if starts and loss.requires_grad:
                 try:
@@ -229,7 +233,8 @@ def per_sample_grad_stats(model: nn.Module, inputs: Tensor, targets: Tensor, lay
 def reference_grad_stats(model: nn.Module, inputs: Tensor, targets: Tensor, layers: Sequence[str] | None = None,
                          stats: Callable[[Tensor], Tensor] = stats_of) -> dict[str, Tensor]:
     """The plain reference: one sample at a time, autograd gradients of each layer's weight and bias
-    (concatenated), reduced by ``stats`` ([1, N] -> [1, 7]). Eval mode; the model is left as it was."""
+    (concatenated), reduced by ``stats`` ([1, N] -> [1, 7]); the loss in float64, as in ``per_sample_features``.
+    Eval mode; the model is left as it was."""
     from ..models import audited_layers
 
     layers = list(audited_layers(model) if layers is None else layers)
@@ -245,7 +250,7 @@ def reference_grad_stats(model: nn.Module, inputs: Tensor, targets: Tensor, laye
             p.requires_grad_(True)
         for i in range(inputs.shape[0]):
             with torch.enable_grad():
-                loss = F.cross_entropy(model(inputs[i:i + 1]), targets[i:i + 1], reduction="sum")
+                loss = F.cross_entropy(model(inputs[i:i + 1]).double(), targets[i:i + 1], reduction="sum")
                 grads = torch.autograd.grad(loss, flat, allow_unused=True)
             k = 0
             for n in layers:
