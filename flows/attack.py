@@ -12,9 +12,9 @@ from __future__ import annotations
 import ray
 
 from mia_tasks.attack_runs import run_attack
-from mia_tasks.config import Config
+from mia_tasks.config import Config, attack_settings
 from mia_tasks.featurestore import Features
-from mia_tasks.rundir import RunDir
+from mia_tasks.rundir import RunDir, attack_result, stamp
 from mia_tasks.splits import Splits
 
 from .actors import load_data_and_target
@@ -33,27 +33,6 @@ def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers
     return run_attack("nasr", features, splits, layers, model=model, data=data, nasr=options, seed=cfg.seed)
 
 
-def attack_settings(cfg: Config, name: str) -> dict:
-    """Everything besides the features and the layer/kind selection that changes an attack's numbers:
-    a saved result is reused or reported only when these match the config."""
-    a = cfg.attack
-    if name == "nasr":
-        return {"seed": cfg.seed, "epochs": a.nasr_epochs, "lr": a.nasr_lr, "batch_size": a.nasr_batch_size}
-    if name == "loss-threshold":
-        return {"seed": cfg.seed}
-    return {"seed": cfg.seed, "C": a.C, "transform": a.transform}
-
-
-def result_name(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str]) -> str:
-    """attacks/<name>.json for the default selection, else a name that says which layers and kinds."""
-    parts = [name]
-    if name == "logistic" and sorted(kinds) != sorted(default_kinds):
-        parts.append("+".join(kinds))
-    if layers and name in ("logistic", "nasr"):
-        parts.append("+".join(layers))
-    return "attacks/" + "-".join(parts) + ".json"
-
-
 def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
                 layers: list[str] | None, kinds: list[str]) -> dict:
     """Run the attack, save and print mean ± std of every metric."""
@@ -62,11 +41,11 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
         gpu = 1 if gpus_available() else 0
         task = _nasr_task.options(num_gpus=gpu, max_retries=cfg.ray.max_retries)
         with remote_errors():
-            result = ray.get(task.remote(cfg, rd.uri, features, splits, layers or cfg.attack.nasr_layers, bool(gpu)))
+            result = ray.get(task.remote(cfg, rd, features, splits, layers or cfg.attack.nasr_layers, bool(gpu)))
     else:
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed)
-    result.update(config_hash=hashes["features"], settings=attack_settings(cfg, name))
-    path = result_name(name, layers, kinds, cfg.attack.kinds)
+    result.update(stamp("attack", hashes, attack_settings(cfg, name)))
+    path = attack_result(name, layers, kinds, cfg.attack.kinds)
     rd.write_json(path, result)
     m = result["metrics"]
     print(f"{name} attack ({result['repeats']} repeats, {result['n_eval']} eval samples each; mean ± std):")

@@ -17,7 +17,7 @@ import ray
 
 from mia_tasks.config import Config
 from mia_tasks.featurestore import part_name, part_problem
-from mia_tasks.rundir import RunDir
+from mia_tasks.rundir import RunDir, stamp
 
 from .actors import actor_pool, load_data_and_target, pool_size
 from .runtime import held_device, init_ray, stage_gpus
@@ -47,7 +47,7 @@ class Extractor:
         table = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "label": pa.array(y.numpy(), pa.int64()),
                           "member": pa.array(member, pa.bool_()),
                           **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()}})
-        meta = {"config_hash": self.hash, "shard": shard, "layers": names,
+        meta = {**stamp("features", {"features": self.hash}), "shard": shard, "layers": names,
                 "params": {l["name"]: l["params"] for l in self.layers}, "depths": {l["name"]: l["depth"] for l in self.layers}}
         self.rd.write_parquet(part_name(shard), table, meta)
         return {"shard": shard, "rows": len(sample_ids), "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
@@ -81,7 +81,7 @@ def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, 
     n_actors = pool_size(len(todo), gpus, cfg.ray.extract_actors, "extract", "ray.extract_actors")
     rows = sum(len(ids) for _, ids, _ in todo)
     start = time.perf_counter()
-    with actor_pool(Extractor, (cfg, rd.uri, hashes["features"], layers, bool(gpus)), n_actors, gpu=bool(gpus),
+    with actor_pool(Extractor, (cfg, rd, hashes["features"], layers, bool(gpus)), n_actors, gpu=bool(gpus),
                     max_retries=cfg.ray.max_retries) as pool:
         records = pool.map(lambda a, job: a.__call__.remote(*job), todo, "extract", "sample",
                            size=lambda rec: rec["rows"], total=rows)

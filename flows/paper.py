@@ -19,11 +19,12 @@ from threadpoolctl import threadpool_limits
 
 from mia_tasks.config import Config
 from mia_tasks.errors import LayerleakError
-from mia_tasks.experiments import (EXPERIMENTS, NASR_MAX_GRAD_PARAMS, Selection, experiment_key, logistic_row,
-                                   nasr_options, nasr_too_big, result_path, run_experiment, selections, summary)
+from mia_tasks.experiments import (EXPERIMENTS, Selection, experiment_key, experiment_settings, logistic_row,
+                                   nasr_options, nasr_too_big, run_experiment, selections, summary)
 from mia_tasks.featurestore import Features
-from mia_tasks.rundir import RunDir
+from mia_tasks.rundir import SHAPLEY, RunDir, experiment_result, is_current
 from mia_tasks.splits import Splits
+from mia_tasks.sweeptable import shapley_text
 
 from .actors import actor_pool, load_data_and_target, pool_size
 from .runtime import gpus_available, held_device, init_ray
@@ -61,34 +62,21 @@ def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, s
     return {sel.label: res for sel, res in zip(todo, results)}
 
 
-def settings(cfg: Config, name: str, attack: str, features: Features) -> dict:
-    """Everything besides the features that changes an experiment's numbers."""
-    s = {"C": cfg.attack.C, "transform": cfg.attack.transform, "seed": cfg.seed, "layers": list(features.layers)}
-    if name == "single-layer":
-        s["kinds"] = list(cfg.sweep.kinds)
-    if attack == "nasr":
-        s["nasr"] = {"epochs": cfg.attack.nasr_epochs, "lr": cfg.attack.nasr_lr, "batch_size": cfg.attack.nasr_batch_size,
-                     "max_grad_params": NASR_MAX_GRAD_PARAMS, "use_loss": False}
-    return s
-
-
-def reusable(rd: RunDir, path: str, key: str) -> dict | None:
-    """The saved experiment at ``path`` when it holds ``key``, else None."""
-    if not rd.exists(path):
-        return None
+def reusable(rd: RunDir, path: str, hashes: dict, sets: dict) -> dict | None:
+    """The saved experiment at ``path`` when it was made from these features with these settings, else None."""
     try:
-        record = rd.read_json(path)
+        record = rd.read_json(path) if rd.exists(path) else None
     except ValueError:
         return None
-    return record if record.get("key") == key else None
+    return record if is_current(record, "experiment", hashes, sets) else None
 
 
 def run_one(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str, attack: str) -> dict:
     """One experiment with one attack: reused from OUT when its key matches, else computed and saved."""
-    sets = settings(cfg, name, attack, features)
+    sets = experiment_settings(cfg, name, attack, features.layers)
     key = experiment_key(hashes["features"], name, attack, sets)
-    path = result_path(name, attack)
-    record = reusable(rd, path, key)
+    path = experiment_result(name, attack)
+    record = reusable(rd, path, hashes, sets)
     if record is not None:
         print(f"[layerleak] paper: {name} ({attack}): reusing {rd.uri}/{path}")
         return record
@@ -120,16 +108,14 @@ def print_experiment(record: dict) -> None:
 
 def shapley_experiment(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
     """Figure 6 is the sweep: OUT/shapley.json when it matches this config, else the sweep stage runs."""
-    if rd.exists("shapley.json"):
-        report = rd.read_json("shapley.json")
-        if report.get("config_hash") == hashes["sweep"]:
-            print(f"[layerleak] paper: shapley: reusing {rd.uri}/shapley.json")
-            return report
-    from .pipeline import print_shapley
+    report = rd.read_json(SHAPLEY) if rd.exists(SHAPLEY) else None
+    if is_current(report, "shapley", hashes):
+        print(f"[layerleak] paper: shapley: reusing {rd.uri}/{SHAPLEY}")
+        return report
     from .sweep import sweep_flow
 
     report = sweep_flow(cfg, rd, hashes, splits, features)
-    print_shapley(report)
+    print(shapley_text(report), end="")
     return report
 
 

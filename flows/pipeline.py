@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from mia_tasks.config import Config
-from mia_tasks.featurestore import load_features
-from mia_tasks.rundir import RunDir
+from threadpoolctl import threadpool_limits
+
+from mia_tasks.config import Config, attack_settings
+from mia_tasks.featurestore import Features, load_features
+from mia_tasks.rundir import RunDir, attack_result, is_current
+from mia_tasks.splits import Splits
+from mia_tasks.sweeptable import shapley_text
 from mia_tasks.target import layer_table, load_target
 
 from .runtime import stage
@@ -31,7 +35,7 @@ def _sweep(cfg: Config, rd: RunDir, hashes: dict, args):
     splits, features = _extract(cfg, rd, hashes, args)
     with stage("sweep"):
         report = sweep_flow(cfg, rd, hashes, splits, features)
-    print_shapley(report)
+    print(shapley_text(report), end="")
     return splits, features
 
 
@@ -46,14 +50,6 @@ def _attack(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
         return attack_flow(cfg, rd, hashes, splits, features, name, layers, kinds)
 
 
-def print_shapley(report: dict) -> None:
-    print(f"Shapley values of attack accuracy ({report['method']}, {report['repeats']} repeats; "
-          f"v(all) = {report['v_all']['mean']:.3f} ± {report['v_all']['std']:.3f}, v(∅) = 0.5)")
-    print(f"  {'player':24s} {'depth':>5} {'params':>10} {'shapley':>9} {'± std':>7}")
-    for p in report["players"]:
-        print(f"  {p['player']:24s} {p['depth']:5.1f} {p['params']:10,d} {p['shapley']:9.4f} {p['std']:7.4f}")
-
-
 def _paper(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
     from .paper import paper_flow
 
@@ -63,24 +59,44 @@ def _paper(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
 
 
 def _report(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
+    """Only reads OUT (see flows.report): nothing is computed, no Ray is started."""
     from .report import report_flow
 
-    splits, features = _extract(cfg, rd, hashes, args)
     with stage("report"):
-        return report_flow(cfg, rd, hashes, splits, features)
+        return report_flow(cfg, rd, hashes)
+
+
+def roc_attacks(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> None:
+    """The all-layer logistic attack and the loss-threshold baseline (the report's ROC plot), unless OUT holds
+    them for these features and settings."""
+    from .attack import attack_flow
+    from .report import ROC_ATTACKS
+
+    kinds = list(cfg.attack.kinds)
+    for name in ROC_ATTACKS:
+        path = attack_result(name, None, kinds, kinds)
+        have = rd.read_json(path) if rd.exists(path) else None
+        ok = is_current(have, "attack", hashes, attack_settings(cfg, name)) and (
+            name != "logistic" or (have.get("layers") == list(features.layers) and sorted(have.get("kinds", [])) == sorted(kinds)))
+        if not ok:
+            attack_flow(cfg, rd, hashes, splits, features, name, None, kinds)
 
 
 def _run(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
-    """The whole audit: train, extract, sweep, the seed study's experiments (logistic, cheap), then the report."""
+    """The whole audit: train, extract, sweep, the seed study's experiments (logistic, cheap), the ROC plot's
+    two attacks, then the report."""
     from .paper import paper_flow
     from .report import report_flow
 
     splits, features = _sweep(cfg, rd, hashes, args)
     with stage("paper (all, logistic)"):
         paper_flow(cfg, rd, hashes, splits, features, "all", "logistic")
+    with stage("attacks for the ROC plot"), threadpool_limits(1):  # tiny lbfgs fits: BLAS threads only contend
+        roc_attacks(cfg, rd, hashes, splits, features)
     with stage("report"):
-        report_flow(cfg, rd, hashes, splits, features)
+        report_flow(cfg, rd, hashes)
 
 
 STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "attack": _attack, "sweep": _sweep, "run": _run,
                    "paper": _paper, "report": _report}
+READERS = ("report",)  # commands that only read OUT: a shared lock, no marker or config.yaml written

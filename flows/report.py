@@ -2,101 +2,102 @@
 
     layerleak report --out runs/default
 
-Reads target/metrics.json, shapley.json, experiments/*.json and attacks/*.json made by this config
-(files made by another config are listed under "Left out", never mixed in). The ROC plot needs the
-all-layer logistic attack and the loss-threshold baseline: they are run (``run_attack`` via the
-attack stage, no Ray needed) when OUT lacks them.
+A pure reader: it computes nothing and starts no Ray. It needs the target's metrics, the features
+(for the layer table) and the sweep's Shapley values made by this config; where one is missing or was
+made by another config, it names the command that makes it. Attack results and experiments are shown
+when their settings match the config; files made with other settings are listed under "Left out",
+never mixed in. ``layerleak run`` makes the ROC plot's two attacks (the all-layer logistic attack and
+the loss-threshold baseline) before its report; ``layerleak attack`` makes them on their own.
 """
 
 from __future__ import annotations
 
-from threadpoolctl import threadpool_limits
+from mia_tasks.config import ATTACK_SETTINGS, Config, attack_settings
+from mia_tasks.errors import LayerleakError
+from mia_tasks.experiments import experiment_settings
+from mia_tasks.report import build_report, headline_text, make_plots, render_html, render_markdown
+from mia_tasks.rundir import (ATTACKS, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
+                              TARGET_METRICS, RunDir, is_current)
 
-from mia_tasks.config import Config
-from mia_tasks.experiments import EXPERIMENTS_DIR, experiment_key
-from mia_tasks.featurestore import Features
-from mia_tasks.report import PLOTS, build_report, headline_text, make_plots, render_html, render_markdown
-from mia_tasks.rundir import RunDir
-from mia_tasks.splits import Splits
+ROC_ATTACKS = ("logistic", "loss-threshold")  # the ROC plot's attack and its baseline
 
 
 def _read(rd: RunDir, rel: str) -> dict | None:
     try:
-        return rd.read_json(rel)
+        return rd.read_json(rel) if rd.exists(rel) else None
     except (OSError, ValueError):
         return None
 
 
-def _attack_current(rec: dict | None, cfg: Config, hashes: dict) -> bool:
-    """A saved attack result made from these features with this config's attack settings."""
-    from .attack import attack_settings
-
-    return (rec is not None and rec.get("config_hash") == hashes["features"]
-            and rec.get("settings") == attack_settings(cfg, rec.get("attack", "")))
+def _missing(rd: RunDir, what: str, command: str) -> LayerleakError:
+    return LayerleakError(f"OUT {rd.uri} has no {what} made with this config; run 'layerleak {command} --out {rd.uri}' "
+                          f"(or 'layerleak run') with the same --config/--set")
 
 
-def ensure_roc_attacks(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> None:
-    """Run the all-layer logistic attack and the loss-threshold baseline unless OUT holds them for these features."""
-    from .attack import attack_flow, result_name
+def _feature_layers(rd: RunDir, hashes: dict) -> dict:
+    """The features parts' record of the audited layers (names, parameter counts, depths), when every part is current."""
+    names = rd.listdir(FEATURES, ".parquet")
+    metas = []
+    for name in names:
+        try:
+            metas.append(rd.parquet_metadata(f"{FEATURES}/{name}"))
+        except (OSError, ValueError) as e:
+            raise LayerleakError(f"OUT {rd.uri}/{FEATURES}/{name} is unreadable ({str(e).splitlines()[0]}); "
+                                 f"run 'layerleak extract --out {rd.uri}' to recompute it") from None
+    if not metas or not all(is_current(m, "features", hashes) for m in metas):
+        raise _missing(rd, f"features ({FEATURES}/part-*.parquet)", "extract")
+    return metas[0]
 
-    for name in ("logistic", "loss-threshold"):
-        path = result_name(name, None, list(cfg.attack.kinds), cfg.attack.kinds)
-        have = _read(rd, path) if rd.exists(path) else None
-        ok = _attack_current(have, cfg, hashes) and (
-            name != "logistic" or (have.get("layers") == list(features.layers) and sorted(have.get("kinds", [])) == sorted(cfg.attack.kinds)))
-        if not ok:
-            attack_flow(cfg, rd, hashes, splits, features, name, None, list(cfg.attack.kinds))
 
-
-def gather(cfg: Config, rd: RunDir, hashes: dict, features: Features) -> dict:
-    """Everything OUT holds for this config, as build_report's arguments."""
-    from .paper import settings
-
+def gather(cfg: Config, rd: RunDir, hashes: dict) -> dict:
+    """Everything OUT holds for this config, as build_report's arguments; the outputs the report needs must be there."""
+    target = _read(rd, TARGET_METRICS)
+    if not is_current(target, "target", hashes):
+        raise _missing(rd, f"trained target ({TARGET_METRICS})", "train")
+    meta = _feature_layers(rd, hashes)
+    shapley = _read(rd, SHAPLEY)
+    if not is_current(shapley, "shapley", hashes):
+        raise _missing(rd, f"sweep results ({SHAPLEY})", "sweep")
     ignored: list[str] = []
-    target = _read(rd, "target/metrics.json") if rd.exists("target/metrics.json") else None
-    if target is not None and target.get("config_hash") != hashes["target"]:
-        ignored.append("target/metrics.json")
-        target = None
-    shapley = _read(rd, "shapley.json") if rd.exists("shapley.json") else None
-    if shapley is not None and shapley.get("config_hash") != hashes["sweep"]:
-        ignored.append("shapley.json")
-        shapley = None
     experiments = {}
-    for fname in rd.listdir(EXPERIMENTS_DIR, ".json"):
-        rec = _read(rd, f"{EXPERIMENTS_DIR}/{fname}")
-        ok = rec is not None and rec.get("features_hash") == hashes["features"] and rec.get("key") == experiment_key(
-            hashes["features"], rec["experiment"], rec["attack"], settings(cfg, rec["experiment"], rec["attack"], features))
+    for fname in rd.listdir(EXPERIMENTS, ".json"):
+        rec = _read(rd, f"{EXPERIMENTS}/{fname}")
+        ok = rec is not None and is_current(rec, "experiment", hashes, experiment_settings(
+            cfg, rec.get("experiment"), rec.get("attack"), meta["layers"]))
         if ok:
             experiments[fname[:-len(".json")]] = rec
         else:
-            ignored.append(f"{EXPERIMENTS_DIR}/{fname}")
+            ignored.append(f"{EXPERIMENTS}/{fname}")
     attacks = {}
-    for fname in rd.listdir("attacks", ".json"):
-        rec = _read(rd, f"attacks/{fname}")
-        if _attack_current(rec, cfg, hashes):
+    for fname in rd.listdir(ATTACKS, ".json"):
+        rec = _read(rd, f"{ATTACKS}/{fname}")
+        name = (rec or {}).get("attack")
+        if name in ATTACK_SETTINGS and is_current(rec, "attack", hashes, attack_settings(cfg, name)):
             attacks[fname[:-len(".json")]] = rec
         else:
-            ignored.append(f"attacks/{fname}")
-    layers = [{"name": l, "depth": int(features.depths[l]), "params": int(features.params[l])} for l in features.layers]
+            ignored.append(f"{ATTACKS}/{fname}")
+    layers = [{"name": l, "depth": int(meta["depths"][l]), "params": int(meta["params"][l])} for l in meta["layers"]]
     return {"config": cfg.to_dict(), "hashes": hashes, "target": target, "layers": layers, "shapley": shapley,
             "experiments": experiments, "attacks": attacks, "ignored": ignored}
 
 
-def report_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
+def report_flow(cfg: Config, rd: RunDir, hashes: dict) -> dict:
     """Write report.json, the plots, report.md and report.html; print report.md's path and the headline table."""
-    with threadpool_limits(1):  # tiny lbfgs fits: BLAS threads only contend
-        ensure_roc_attacks(cfg, rd, hashes, splits, features)
-    report = build_report(**gather(cfg, rd, hashes, features))
-    rd.write_json("report.json", report)
+    report = build_report(**gather(cfg, rd, hashes))
+    lacking = [a for a in ROC_ATTACKS if a not in report["attacks"]]
+    if lacking:
+        print(f"[layerleak] report: no ROC plot: OUT holds no {' or '.join(lacking)} attack made with this config; "
+              + " and ".join(f"'layerleak attack --attack {a} --out {rd.uri}'" for a in lacking) + " make it")
+    rd.write_json(REPORT_JSON, report)
     plots = make_plots(report)
     for rel in PLOTS.values():
         if rel not in plots:
             rd.delete(rel)  # a plot of an earlier report that this one has no data for
     for rel, png in plots.items():
         rd.write_bytes(rel, png)
-    rd.write_text("report.md", render_markdown(report, list(plots)))
-    rd.write_text("report.html", render_html(report, plots))
-    where = rd.path("report.md") if rd.local else f"{rd.uri}/report.md"
-    print(f"[layerleak] report: {where} (also report.html, report.json, {len(plots)} plots)")
+    rd.write_text(REPORT_MD, render_markdown(report, list(plots)))
+    rd.write_text(REPORT_HTML, render_html(report, plots))
+    where = rd.path(REPORT_MD) if rd.local else f"{rd.uri}/{REPORT_MD}"
+    print(f"[layerleak] report: {where} (also {REPORT_HTML}, {REPORT_JSON}, {len(plots)} plots)")
     print(headline_text(report), end="")
     return report

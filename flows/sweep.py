@@ -22,9 +22,9 @@ from mia_tasks.config import Config
 from mia_tasks.errors import LayerleakError
 from mia_tasks.featurestore import Features
 from mia_tasks.players import make_players, player_columns
-from mia_tasks.rundir import RunDir
+from mia_tasks.rundir import SHAPLEY, RunDir, stamp, sweep_part
 from mia_tasks.splits import Splits
-from mia_tasks.sweeptable import METRICS, SWEEP, read_sweep, shapley_report
+from mia_tasks.sweeptable import METRICS, read_sweep, shapley_report
 
 from .actors import actor_pool, pool_size
 from .runtime import held_device, init_ray, stage_gpus
@@ -50,8 +50,8 @@ class Fitter:
                              C=self.C, device=self.device)
         table = pa.table({"coalition": pa.array(coalitions, pa.int64()), "repeat": pa.array(np.full(len(coalitions), repeat), pa.int64()),
                           **{m: pa.array(np.asarray(res[m], np.float64)) for m in METRICS}})
-        name = f"{SWEEP}/part-r{repeat:03d}-{int(coalitions[0]):09d}-{int(coalitions[-1]):09d}.parquet"
-        self.rd.write_parquet(name, table, {"config_hash": self.hash})
+        name = sweep_part(repeat, int(coalitions[0]), int(coalitions[-1]))
+        self.rd.write_parquet(name, table, stamp("sweep", {"sweep": self.hash}))
         return len(coalitions)
 
 
@@ -81,7 +81,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                 gpus = stage_gpus("sweep.device", cfg.sweep.device)
                 data_refs.extend(ray.put(d) for d in data)
                 n = pool_size(len(jobs), gpus, cfg.ray.fit_actors, "sweep", "ray.fit_actors")
-                fitters = stack.enter_context(actor_pool(Fitter, ([len(c) for c in cols], rd.uri, hashes["sweep"], cfg.attack.C, bool(gpus)),
+                fitters = stack.enter_context(actor_pool(Fitter, ([len(c) for c in cols], rd, hashes["sweep"], cfg.attack.C, bool(gpus)),
                                                          n, gpu=bool(gpus), max_retries=cfg.ray.max_retries))
             total = sum(len(m) for _, m in jobs)
             start = time.perf_counter()
@@ -113,5 +113,5 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                                                seed=cfg.seed + r))
         table = read_sweep(rd, hashes["sweep"])
     report = shapley_report(table, players, features, cfg, hashes["sweep"], sampled)
-    rd.write_json("shapley.json", report)
+    rd.write_json(SHAPLEY, report)
     return report

@@ -13,7 +13,7 @@ import ray
 
 from mia_tasks.config import Config
 from mia_tasks.data import ImageData, load_dataset
-from mia_tasks.rundir import RunDir
+from mia_tasks.rundir import MEMBERS, SPLITS, TARGET_METRICS, RunDir, is_current, stamp
 from mia_tasks.splits import Splits, make_splits
 from mia_tasks.target import build_target, load_target, save_target
 from mia_tasks.train import accuracy, resolve_device, train_target
@@ -21,17 +21,13 @@ from mia_tasks.train import accuracy, resolve_device, train_target
 from .progress import interactive
 from .runtime import init_ray, remote_errors, stage, stage_gpus
 
-SPLITS = "splits.parquet"
-MEMBERS = "target/members.parquet"
-METRICS = "target/metrics.json"
-
 
 def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits:
     """Draw (or reuse) OUT/splits.parquet and the target's member list."""
-    if rd.exists(SPLITS) and rd.exists(MEMBERS) and rd.parquet_metadata(SPLITS).get("config_hash") == hashes["splits"]:
+    if rd.exists(SPLITS) and rd.exists(MEMBERS) and is_current(rd.parquet_metadata(SPLITS), "splits", hashes):
         return Splits(rd.read_parquet(MEMBERS).column("sample_id").to_numpy(), rd.read_parquet(SPLITS))
     splits = make_splits(data.train_y.numpy(), data.test_y.numpy(), cfg.split, cfg.seed, pretrained=bool(cfg.model.checkpoint))
-    meta = {"config_hash": hashes["splits"], "n_train": data.n_train, "repeats": cfg.split.repeats}
+    meta = {**stamp("splits", hashes), "n_train": data.n_train, "repeats": cfg.split.repeats}
     rd.write_parquet(MEMBERS, pa.table({"sample_id": pa.array(splits.target_members, pa.int64())}), meta)
     rd.write_parquet(SPLITS, splits.table, meta)
     return splits
@@ -69,9 +65,9 @@ def _train_task(cfg: Config, out: str, member_ids: np.ndarray, bar: bool) -> dic
 
 def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: Splits) -> dict:
     """Train the target (or measure a pretrained one); OUT/target/metrics.json; skipped when already made."""
-    if rd.exists(METRICS):
-        metrics = rd.read_json(METRICS)
-        if metrics.get("config_hash") == hashes["target"]:
+    if rd.exists(TARGET_METRICS):
+        metrics = rd.read_json(TARGET_METRICS)
+        if is_current(metrics, "target", hashes):
             print(f"[layerleak] target: reusing {rd.uri}/target (train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f})")
             return metrics
     if cfg.model.checkpoint:
@@ -90,10 +86,10 @@ def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: S
         task_cfg = replace(cfg, train=replace(cfg.train, device="cuda" if gpu else "cpu"))
         with remote_errors():
             task = _train_task.options(num_gpus=gpu, max_retries=cfg.ray.max_retries)
-            metrics = ray.get(task.remote(task_cfg, rd.uri, splits.target_members, interactive()))
-    metrics.update(config_hash=hashes["target"], dataset=cfg.dataset.name, arch=cfg.model.arch,
+            metrics = ray.get(task.remote(task_cfg, rd, splits.target_members, interactive()))
+    metrics.update(**stamp("target", hashes), dataset=cfg.dataset.name, arch=cfg.model.arch,
                    overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
-    rd.write_json(METRICS, metrics)
+    rd.write_json(TARGET_METRICS, metrics)
     print(f"[layerleak] target: train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f} "
           f"({metrics['members']} members, {metrics['epochs']} epochs, {metrics['wall_s']}s)")
     return metrics

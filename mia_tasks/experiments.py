@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .attack_runs import run_attack
+from .config import attack_settings
 from .errors import LayerleakError
 from .featurestore import Features
+from .rundir import stamp
 from .splits import Splits
 
 EXPERIMENTS = ("groups-grad", "groups-out", "single-layer")
 ALL_EXPERIMENTS = (*EXPERIMENTS, "shapley")
-EXPERIMENTS_DIR = "experiments"
 # The Nasr attack model convolves each raw per-sample weight gradient: a selection whose gradients hold
 # more parameters than this per sample is skipped (a CIFAR AlexNet's fc layers alone hold ~50M).
 NASR_MAX_GRAD_PARAMS = 2_000_000
@@ -112,14 +113,22 @@ def nasr_too_big(sel: Selection, params: dict[str, int]) -> str | None:
     return None
 
 
+def experiment_settings(cfg: Any, name: str, attack: str, layers: Sequence[str]) -> dict:
+    """Everything besides the features that changes an experiment's numbers: a saved one is reused or
+    reported only when these match (rundir.is_current)."""
+    s = {**attack_settings(cfg, "logistic"), "layers": list(layers)}
+    if name == "single-layer":
+        s["kinds"] = list(cfg.sweep.kinds)
+    if attack == "nasr":
+        nasr = {k: v for k, v in attack_settings(cfg, "nasr").items() if k != "seed"}
+        s["nasr"] = {**nasr, "max_grad_params": NASR_MAX_GRAD_PARAMS, "use_loss": False}
+    return s
+
+
 def experiment_key(features_hash: str, name: str, attack: str, settings: dict) -> str:
     """Identifies a result: reused only when features, experiment, attack and its settings all match."""
     blob = json.dumps({"features": features_hash, "experiment": name, "attack": attack, **settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def result_path(name: str, attack: str) -> str:
-    return f"{EXPERIMENTS_DIR}/{name}-{attack}.json"
 
 
 def run_experiment(name: str, attack: str, sels: list[Selection], features: Features,
@@ -135,8 +144,8 @@ def run_experiment(name: str, attack: str, sels: list[Selection], features: Feat
         else:
             row["result"] = result
         rows.append(row)
-    return {"experiment": name, "attack": attack, "description": DESCRIPTIONS[name], "features_hash": features_hash,
-            "key": key, "settings": settings, "layers": list(features.layers), "rows": rows}
+    return {"experiment": name, "attack": attack, "description": DESCRIPTIONS[name],
+            **stamp("experiment", {"features": features_hash}, settings), "key": key, "layers": list(features.layers), "rows": rows}
 
 
 def summary(record: dict, metric: str = "accuracy") -> list[dict]:

@@ -13,13 +13,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from .errors import LayerleakError, one_line
-from .rundir import RunDir
-
-FEATURES = "features"
-
-
-def part_name(shard: int) -> str:
-    return f"{FEATURES}/part-{shard:05d}.parquet"
+from .rundir import FEATURES, HASH_KEY, RunDir, is_current
+from .rundir import feature_part as part_name
 
 
 def part_problem(rd: RunDir, shard: int, config_hash: str, sample_ids: np.ndarray) -> str | None:
@@ -29,8 +24,8 @@ def part_problem(rd: RunDir, shard: int, config_hash: str, sample_ids: np.ndarra
         return "missing"
     try:
         meta = rd.parquet_metadata(name)
-        if meta.get("config_hash") != config_hash:
-            return f"made by another config (hash {meta.get('config_hash')})"
+        if not is_current(meta, "features", {"features": config_hash}):
+            return f"made by another config (hash {meta.get(HASH_KEY)})"
         ids = rd.read_parquet(name).column("sample_id").to_numpy()
     except (OSError, pa.ArrowException, ValueError) as e:
         return f"unreadable ({one_line(e)})"
@@ -65,7 +60,7 @@ def load_features(rd: RunDir, config_hash: str) -> Features:
     meta = None
     for name in names:
         m = rd.parquet_metadata(f"{FEATURES}/{name}")
-        if m.get("config_hash") != config_hash:
+        if not is_current(m, "features", {"features": config_hash}):
             raise LayerleakError(f"{rd.uri}/{FEATURES}/{name} was made by another config; rerun 'layerleak extract' to recompute it")
         meta = meta or m
     dataset = pads.dataset([rd.path(f"{FEATURES}/{n}") for n in names], format="parquet", filesystem=rd.fs)

@@ -1,8 +1,11 @@
-"""The run directory: the contract between stages, on a local path or any pyarrow filesystem URI.
+"""The run directory OUT: every path and result key in it, the rule for whether an output is current,
+the folder's marker and the writer's lock. On a local path or any pyarrow filesystem URI.
 
 Every file is written whole or not at all: locally to a temporary name in the same folder and
-renamed into place (``os.replace`` semantics), on object stores as one PUT. ``RunDir.prepare`` keeps
-OUT/config.yaml and refuses to mix outputs made by a different config.
+renamed into place (``os.replace`` semantics), on object stores as one PUT. A RunDir made with a
+``run_id`` (the writing run's) commits a file only while OUT/.lock still names that run, so actors a
+killed driver left behind cannot write into a folder another run has taken over (the lock itself:
+mia_tasks.outlock).
 """
 
 from __future__ import annotations
@@ -22,14 +25,93 @@ import yaml
 from .config import Config, dump_config, stage_hashes
 from .errors import LayerleakError
 
-# Which files prove that a stage has outputs in OUT.
-STAGE_OUTPUTS = {"splits": "splits.parquet", "target": "target/metrics.json", "features": "features", "sweep": "sweep"}
+# --- the layout of OUT: every path a stage writes or reads, spelled here only --------------------------
+MARKER = ".layerleak"  # this folder is a layerleak run folder
+LOCK = ".lock"  # the writing run: an OS lock locally, a lease object on object stores (mia_tasks.outlock)
+CONFIG = "config.yaml"
+SPLITS = "splits.parquet"
+MEMBERS = "target/members.parquet"
+CHECKPOINT = "target/model.pt"
+TARGET_METRICS = "target/metrics.json"
+FEATURES = "features"
+SWEEP = "sweep"
+SHAPLEY = "shapley.json"
+ATTACKS = "attacks"
+EXPERIMENTS = "experiments"
+REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
+PLOTS = {"shapley": "plots/shapley.png", "single_layer": "plots/single_layer.png", "groups": "plots/groups.png",
+         "roc": "plots/roc.png"}
+
+
+def feature_part(shard: int) -> str:
+    """OUT/features/part-NNNNN.parquet: one shard of audited samples."""
+    return f"{FEATURES}/part-{shard:05d}.parquet"
+
+
+def sweep_part(repeat: int, first: int, last: int) -> str:
+    """OUT/sweep/part-rRRR-FIRST-LAST.parquet: one chunk of coalitions of one repeat."""
+    return f"{SWEEP}/part-r{repeat:03d}-{first:09d}-{last:09d}.parquet"
+
+
+def attack_result(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str]) -> str:
+    """OUT/attacks/<name>.json for the default selection, else a name that says which layers and kinds."""
+    parts = [name]
+    if name == "logistic" and sorted(kinds) != sorted(default_kinds):
+        parts.append("+".join(kinds))
+    if layers and name in ("logistic", "nasr"):
+        parts.append("+".join(layers))
+    return f"{ATTACKS}/" + "-".join(parts) + ".json"
+
+
+def experiment_result(name: str, attack: str) -> str:
+    """OUT/experiments/<experiment>-<attack>.json."""
+    return f"{EXPERIMENTS}/{name}-{attack}.json"
+
+
+# --- result keys and the one rule for whether an output is current ---------------------------------------
+# Each output carries the hash of the stage settings that made it (config.STAGE_SECTIONS declares which
+# settings change which stage) under a key, and results that depend on more than the features carry
+# those settings too (config.attack_settings, experiments.experiment_settings).
+HASH_KEY = "config_hash"
+SETTINGS_KEY = "settings"
+STAMPS = {  # output -> (the key its hash is stored under, the stage whose hash it is)
+    "splits": (HASH_KEY, "splits"), "target": (HASH_KEY, "target"), "features": (HASH_KEY, "features"),
+    "sweep": (HASH_KEY, "sweep"), "shapley": (HASH_KEY, "sweep"), "attack": (HASH_KEY, "features"),
+    "experiment": ("features_hash", "features"),
+}
+# Which files prove that a stage has outputs in OUT (a config.yaml of another config is refused then).
+STAGE_OUTPUTS = {"splits": SPLITS, "target": TARGET_METRICS, "features": FEATURES, "sweep": SWEEP}
+
+
+def stamp(output: str, hashes: dict[str, str], settings: dict | None = None) -> dict[str, Any]:
+    """The result keys an ``output`` made now carries: its stage hash, and its settings when it has any."""
+    key, stage = STAMPS[output]
+    return {key: hashes[stage], **({SETTINGS_KEY: settings} if settings is not None else {})}
+
+
+def is_current(record: dict | None, output: str, hashes: dict[str, str], settings: dict | None = None) -> bool:
+    """Whether a saved result (a JSON record, or a Parquet part's metadata) was made with these settings."""
+    return record is not None and all(record.get(k) == v for k, v in stamp(output, hashes, settings).items())
+
+
+def new_run_id() -> str:
+    """A fresh id for one writing command: written in OUT/.lock and checked before every commit."""
+    return uuid.uuid4().hex[:12]
 
 
 class RunDir:
-    """OUT as a filesystem and a root; paths are relative to OUT and may not escape it."""
+    """OUT as a filesystem and a root; paths are relative to OUT and may not escape it.
 
-    def __init__(self, out: str):
+    ``RunDir(rd)`` of another RunDir is a copy holding the same run id: stages hand ``rd`` to their
+    Ray tasks and actors, which then commit only while that run holds OUT.
+    """
+
+    def __init__(self, out: str | RunDir, run_id: str | None = None):
+        if isinstance(out, RunDir):
+            self.__dict__.update(vars(out))
+            self.run_id = run_id or out.run_id
+            return
+        self.run_id = run_id
         self.uri = str(out)
         if "://" in self.uri and not self.uri.startswith("file://"):
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
@@ -70,6 +152,7 @@ class RunDir:
         final = self.path(rel)
         self.mkdir(posixpath.dirname(rel))
         if not self.local:
+            self.check_owner(rel)
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return
@@ -79,11 +162,29 @@ class RunDir:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            self.check_owner(rel)
             os.replace(tmp, final)
-        except OSError as e:
+        except (OSError, LayerleakError) as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, LayerleakError):
+                raise
             raise LayerleakError(f"cannot write {final}: {e.strerror or e}; choose a writable --out") from None
+
+    def unowned(self) -> RunDir:
+        """The same OUT without a run id: its writes skip the owner check (the marker, the lock's own record)."""
+        plain = RunDir(self)
+        plain.run_id = None
+        return plain
+
+    def check_owner(self, rel: str) -> None:
+        """Before a commit: refuse (and so drop ``rel``) unless OUT/.lock still names this RunDir's run."""
+        if self.run_id is None:
+            return
+        holder = read_holder(self)
+        if holder is None or holder.get("run_id") != self.run_id:
+            raise LayerleakError(f"run {self.run_id} no longer holds OUT {self.uri} ({holder_text(holder)}); "
+                                 f"dropped {rel} instead of writing it")
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -126,14 +227,56 @@ class RunDir:
                 continue
         return out
 
+    # --- the folder: marker and lock ---
+    def claim(self) -> None:
+        """Make OUT a layerleak run folder: create it (or adopt an empty one) with its marker OUT/.layerleak.
+
+        A non-empty folder without the marker is refused and left untouched, unless it is a run folder of
+        an earlier layerleak (a config.yaml holding a layerleak config and its stage hashes): that one is
+        marked and used.
+        """
+        if self.exists(MARKER):
+            return
+        if self._entries():
+            if not self.earlier_run_folder():
+                raise LayerleakError(f"OUT {self.uri} is not empty and is not a layerleak run folder (no {MARKER}); "
+                                     f"choose a new --out")
+            print(f"[layerleak] OUT {self.uri}: a run folder of an earlier layerleak (no {MARKER}); marking it as one")
+        self.unowned().write_text(MARKER, "layerleak run folder\n")  # before the lock: no owner to check yet
+
+    def check_run_folder(self, command: str) -> None:
+        """For a command that only reads OUT: it must be a layerleak run folder (nothing is written to check it)."""
+        if not self._entries():
+            raise LayerleakError(f"OUT {self.uri} does not exist or is empty; run 'layerleak run --out {self.uri}' first")
+        if not (self.exists(MARKER) or self.earlier_run_folder()):
+            raise LayerleakError(f"OUT {self.uri} is not a layerleak run folder (no {MARKER}); "
+                                 f"'layerleak {command}' reads only run folders")
+
+    def earlier_run_folder(self) -> bool:
+        """A folder made before run folders were marked: its config.yaml is a layerleak config with stage hashes."""
+        try:
+            old = yaml.safe_load(self.read_text(CONFIG))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return False
+        return (isinstance(old, dict) and isinstance(old.get("hashes"), dict) and set(STAGE_OUTPUTS) <= set(old["hashes"])
+                and {"seed", "dataset", "model", "split", "train"} <= set(old))
+
+    def _entries(self) -> list[str]:
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        if info.type != pafs.FileType.Directory:
+            raise LayerleakError(f"OUT {self.uri} is a file, not a folder; choose a new --out")
+        return [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))]
+
     # --- config ---
     def prepare(self, cfg: Config) -> dict[str, str]:
         """Create OUT, refuse a config whose stages differ from outputs already there, save config.yaml."""
         self.mkdir()
         hashes = stage_hashes(cfg)
-        if self.exists("config.yaml"):
+        if self.exists(CONFIG):
             try:
-                old = yaml.safe_load(self.read_text("config.yaml")) or {}
+                old = yaml.safe_load(self.read_text(CONFIG)) or {}
             except yaml.YAMLError:
                 old = {}
             old_hashes = old.get("hashes", {})
@@ -141,14 +284,30 @@ class RunDir:
                 if old_hashes.get(stage) not in (None, hashes[stage]) and self._has_outputs(marker):
                     changed = _changed_keys(old, cfg.to_dict())
                     raise LayerleakError(f"OUT {self.uri} holds {stage} outputs made with another config "
-                                         f"(changed: {', '.join(changed) or 'see config.yaml'}); use a new --out, or delete OUT/{marker}")
-        self.write_text("config.yaml", dump_config(cfg))
+                                         f"(changed: {', '.join(changed) or 'see ' + CONFIG}); use a new --out, or delete OUT/{marker}")
+        self.write_text(CONFIG, dump_config(cfg))
         return hashes
 
     def _has_outputs(self, marker: str) -> bool:
         if marker.endswith((".json", ".parquet")):
             return self.exists(marker)
         return bool(self.listdir(marker, ".parquet"))
+
+
+def read_holder(rd: RunDir) -> dict[str, Any] | None:
+    """The writing run's record in OUT/.lock (run id, pid, host, since[, expires]), or None when there is none."""
+    try:
+        rec = json.loads(rd.read_text(LOCK))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and "run_id" in rec else None
+
+
+def holder_text(holder: dict[str, Any] | None) -> str:
+    """``run R (pid P on host H, since T)`` for messages."""
+    if not holder:
+        return f"no run recorded in OUT/{LOCK}"
+    return f"run {holder['run_id']} (pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')})"
 
 
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:

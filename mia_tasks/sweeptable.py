@@ -7,10 +7,9 @@ import pyarrow as pa
 
 from .errors import one_line
 from .featurestore import Features
-from .rundir import RunDir
+from .rundir import HASH_KEY, SWEEP, RunDir, is_current, stamp
 from .shapley import exact_shapley, value_table
 
-SWEEP = "sweep"
 METRICS = ("accuracy", "auc", "tpr@1%", "tpr@0.1%")
 
 
@@ -21,8 +20,8 @@ def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, fl
         rel = f"{SWEEP}/{name}"
         try:
             meta = rd.parquet_metadata(rel)
-            if meta.get("config_hash") != config_hash:
-                raise ValueError(f"made by another config (hash {meta.get('config_hash')})")
+            if not is_current(meta, "sweep", {"sweep": config_hash}):
+                raise ValueError(f"made by another config (hash {meta.get(HASH_KEY)})")
             t = rd.read_parquet(rel)
             cols = {c: t.column(c).to_numpy() for c in ("coalition", "repeat", *METRICS)}
         except (OSError, pa.ArrowException, ValueError, KeyError) as e:
@@ -32,6 +31,16 @@ def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, fl
         for i, (c, r) in enumerate(zip(cols["coalition"], cols["repeat"])):
             out.setdefault(int(r), {})[int(c)] = {m: float(cols[m][i]) for m in METRICS}
     return out
+
+
+def shapley_text(report: dict) -> str:
+    """shapley.json as the table the sweep stage prints: each player's depth, parameters and Shapley value."""
+    lines = [f"Shapley values of attack accuracy ({report['method']}, {report['repeats']} repeats; "
+             f"v(all) = {report['v_all']['mean']:.3f} ± {report['v_all']['std']:.3f}, v(∅) = {report['v_empty']})",
+             f"  {'player':24s} {'depth':>5} {'params':>10} {'shapley':>9} {'± std':>7}"]
+    for p in report["players"]:
+        lines.append(f"  {p['player']:24s} {p['depth']:5.1f} {p['params']:10,d} {p['shapley']:9.4f} {p['std']:7.4f}")
+    return "\n".join(lines) + "\n"
 
 
 def repeat_values(rows: dict[int, dict[str, float]], n_players: int, metric: str = "accuracy", empty: float = 0.5) -> np.ndarray:
@@ -69,7 +78,7 @@ def shapley_report(table: dict, players: dict[str, list[str]], features: Feature
             entry["std_auc"] = float(per_metric["auc"][0][:, i].std(ddof=1)) if R > 1 else 0.0
         out_players.append(entry)
     return {
-        "config_hash": config_hash,
+        **stamp("shapley", {"sweep": config_hash}),
         "method": "exact" if sampled is None else "sampled",
         "metric": "accuracy",
         "players": out_players,

@@ -10,9 +10,7 @@ from torch import nn
 from .data import ImageData
 from .errors import LayerleakError
 from .models import audited_layers, build, load_checkpoint, param_count
-from .rundir import RunDir
-
-CHECKPOINT = "target/model.pt"
+from .rundir import CHECKPOINT, RunDir
 
 
 def build_target(cfg, data: ImageData) -> nn.Module:

@@ -134,9 +134,10 @@ def test_report_from_shapley_alone_renders_and_is_strict_json():
     assert "| l5 | 6 | 600 |" in headline_text(report)
 
 
-def test_report_redoes_attacks_made_with_other_settings(tiny_run, tmp_path):
-    """A changed attack.C: the logistic attack is refitted, not reused from OUT; the loss baseline (no C)
-    is reused. (The sweep made with the old C must go first: OUT refuses to mix sweeps of two configs.)"""
+def test_report_shows_only_results_of_the_configs_settings(tiny_run, tmp_path):
+    """A changed attack.C: the report, a pure reader, refuses without a sweep made with it (and names the command);
+    'layerleak run' then refits what C changes (the sweep, the logistic attack) and reuses the loss baseline (no C).
+    (The sweep made with the old C must go first: OUT refuses to mix sweeps of two configs.)"""
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)
     shutil.rmtree(out / "sweep")
@@ -144,6 +145,9 @@ def test_report_redoes_attacks_made_with_other_settings(tiny_run, tmp_path):
     before = {name: json.loads((out / f"attacks/{name}.json").read_text()) for name in ("logistic", "loss-threshold")}
     assert before["logistic"]["settings"]["C"] == 1.0
     proc = run_cli("report", *tiny_args(out, "attack.C=0.05"))
+    assert proc.returncode == 2 and f"run 'layerleak sweep --out {out}'" in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((out / "attacks/logistic.json").read_text()) == before["logistic"]  # nothing fitted
+    proc = run_cli("run", *tiny_args(out, "attack.C=0.05"))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     after = {name: json.loads((out / f"attacks/{name}.json").read_text()) for name in ("logistic", "loss-threshold")}
     assert after["logistic"]["settings"]["C"] == 0.05
@@ -151,4 +155,4 @@ def test_report_redoes_attacks_made_with_other_settings(tiny_run, tmp_path):
     assert after["loss-threshold"] == before["loss-threshold"]
     report = json.loads((out / "report.json").read_text())
     assert report["attacks"]["logistic"]["settings"]["C"] == 0.05
-    assert report["shapley"] is None
+    assert report["shapley"] == json.loads((out / "shapley.json").read_text())

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from mia_tasks.rundir import SHAPLEY, SWEEP
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -124,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if prep.returncode != 0:
         print(prep.stderr[-3000:], file=sys.stderr)
         return prep.returncode
-    shutil.rmtree(Path(args.out) / "sweep", ignore_errors=True)
-    Path(args.out, "shapley.json").unlink(missing_ok=True)
+    shutil.rmtree(Path(args.out) / SWEEP, ignore_errors=True)
+    Path(args.out, SHAPLEY).unlink(missing_ok=True)
 
     cmd = _cli("sweep", "--out", args.out, "--set", f"ray.fit_actors={args.fitters}", "--set", f"sweep.chunk_size={args.chunk_size}",
                "--set", f"ray.num_cpus={args.fitters}")

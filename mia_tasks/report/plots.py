@@ -6,10 +6,8 @@ import io
 
 import numpy as np
 
+from ..rundir import PLOTS
 from .stats import metric
-
-PLOTS = {"shapley": "plots/shapley.png", "single_layer": "plots/single_layer.png", "groups": "plots/groups.png",
-         "roc": "plots/roc.png"}
 
 
 def _png(fig) -> bytes:
