@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
+from . import schema
 from .errors import LayerleakError
 from .models import default_groups
-
-STAT_NAMES = ("max", "min", "mean", "l1", "l2", "kurtosis", "skewness")
 
 
 def make_players(spec, layers: list[str]) -> "OrderedDict[str, list[str]]":
@@ -31,6 +31,8 @@ def make_players(spec, layers: list[str]) -> "OrderedDict[str, list[str]]":
     return players
 
 
-def player_columns(players: "OrderedDict[str, list[str]]", kinds: list[str]) -> list[list[str]]:
-    """For each player, its feature columns (kind.layer.stat) in canonical order."""
-    return [[f"{kind}.{layer}.{stat}" for layer in members for kind in kinds for stat in STAT_NAMES] for members in players.values()]
+def player_columns(players: "OrderedDict[str, list[str]]", kinds: list[str], constant: Iterable[str] = ()) -> list[list[str]]:
+    """For each player, its feature columns (kind.layer.stat) in canonical order, less the ``constant`` ones
+    (columns constant by construction carry nothing an attack could use)."""
+    constant = list(constant)
+    return [schema.player_columns(members, kinds, constant) for members in players.values()]

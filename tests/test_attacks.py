@@ -12,12 +12,13 @@ from torch import nn
 
 from mia_tasks.attacks import (
     ATTACKS, AttackData, ConfidenceThresholdAttack, LogisticAttack, LossThresholdAttack, NasrAttack,
-    evaluate, layers_in, make_attack, parse_column, select_columns,
+    evaluate, make_attack, select_columns,
 )
 from mia_tasks.attacks.nasr import raw_features
 from mia_tasks.attacks.threshold import best_threshold
 from mia_tasks.errors import LayerleakError
 from mia_tasks.metrics import attack_metrics
+from mia_tasks.schema import layers_in, parse_column
 from mia_tasks.models import build
 
 
@@ -184,6 +185,7 @@ def test_select_columns():
         "grad.layer1.0.conv1.max", "grad.layer1.0.conv1.l2", "grad.fc.max", "grad.fc.l2"]
     assert select_columns(COLS, layers=["conv1"], kinds=("out", "loss"), stats=["l2"]) == ["loss", "out.conv1.l2"]
     assert select_columns(COLS, layers=[], kinds=("loss",)) == ["loss"]
+    assert select_columns(COLS, layers=["fc"], kinds=("grad",), exclude=["grad.fc.max"]) == ["grad.fc.l2"]  # constant columns
 
 
 def test_select_columns_errors():

@@ -20,12 +20,10 @@ import numpy as np
 
 from ..errors import LayerleakError
 from ..metrics import attack_metrics
+from ..schema import FEATURE_KINDS, LABEL, LOSS, MEMBER, SAMPLE_ID, layers_in, parse_column
 from .logistic import LogisticAttack
 from .nasr import NasrAttack
 from .threshold import ConfidenceThresholdAttack, LossThresholdAttack
-
-KINDS = ("grad", "out", "loss")
-
 
 @dataclass
 class AttackData:
@@ -90,7 +88,7 @@ class AttackData:
                 raise LayerleakError(f"features table has no column {name!r}") from None
             return np.asarray(c.to_numpy() if hasattr(c, "to_numpy") else c)
 
-        ids = col("sample_id").astype(np.int64)
+        ids = col(SAMPLE_ID).astype(np.int64)
         rows = slice(None)
         if sample_ids is not None:
             want = np.asarray(list(sample_ids), dtype=np.int64)
@@ -100,7 +98,7 @@ class AttackData:
                 raise LayerleakError(f"{len(missing)} sample ids not in the features table, e.g. {missing[:5]}")
             rows = np.array([pos[int(s)] for s in want], dtype=np.int64)
         X = np.column_stack([col(c).astype(np.float64)[rows] for c in columns]) if columns else np.zeros((len(ids[rows]), 0))
-        return cls(X, list(columns), col("member").astype(np.int64)[rows], ids[rows], col("label")[rows])
+        return cls(X, list(columns), col(MEMBER).astype(np.int64)[rows], ids[rows], col(LABEL)[rows])
 
 
 class Attack(Protocol):
@@ -134,48 +132,26 @@ def _preview(names: Sequence[str], k: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > k else "")
 
 
-def parse_column(name: str) -> tuple[str, str | None, str | None]:
-    """(kind, layer, stat) of a feature column: ``grad.<layer>.<stat>``, ``out.<layer>.<stat>`` or ``loss``.
-
-    Layer names may contain dots (``layer1.0.conv1``): the stat is the last part. Other columns
-    (``sample_id``, ``label``, ``member``, ...) give kind ``""``.
-    """
-    if name == "loss":
-        return "loss", None, None
-    kind, _, rest = name.partition(".")
-    layer, _, stat = rest.rpartition(".")
-    if kind in ("grad", "out") and layer and stat:
-        return kind, layer, stat
-    return "", None, None
-
-
-def layers_in(columns: Sequence[str]) -> list[str]:
-    """The layers that have feature columns, in column (forward) order."""
-    seen: dict[str, None] = {}
-    for c in columns:
-        kind, layer, _ = parse_column(c)
-        if layer is not None:
-            seen.setdefault(layer)
-    return list(seen)
-
-
 def select_columns(
     columns: Sequence[str],
     layers: Iterable[str] | None = None,
-    kinds: Iterable[str] = KINDS,
+    kinds: Iterable[str] = FEATURE_KINDS,
     stats: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
 ) -> list[str]:
     """Feature columns of the chosen layers and feature kinds, in the table's order.
 
     ``layers=None`` takes every layer; ``kinds`` from ``grad``, ``out``, ``loss`` (``loss`` is not
-    per layer: it is taken whenever asked for); ``stats=None`` takes every statistic. Unknown
-    layers, kinds or stats, or an empty selection, raise a LayerleakError naming what exists.
+    per layer: it is taken whenever asked for); ``stats=None`` takes every statistic; ``exclude``
+    drops columns (those constant by construction, ``Features.constant``). Unknown layers, kinds or
+    stats, or an empty selection, raise a LayerleakError naming what exists.
     """
     columns = list(columns)
     kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in KINDS]
+    skip = set(exclude)
+    bad = [k for k in kinds if k not in FEATURE_KINDS]
     if bad:
-        raise LayerleakError(f"unknown feature kind(s) {bad}: choose from {list(KINDS)}")
+        raise LayerleakError(f"unknown feature kind(s) {bad}: choose from {list(FEATURE_KINDS)}")
     available = layers_in(columns)
     if layers is not None:
         layers = list(layers)
@@ -195,9 +171,9 @@ def select_columns(
     chosen = []
     for c in columns:
         kind, layer, stat = parse_column(c)
-        if kind not in kinds:
+        if kind not in kinds or c in skip:
             continue
-        if kind == "loss" or (layer in wanted_layers and (wanted_stats is None or stat in wanted_stats)):
+        if kind == LOSS or (layer in wanted_layers and (wanted_stats is None or stat in wanted_stats)):
             chosen.append(c)
     if not chosen:
         raise LayerleakError(f"no feature columns for layers {sorted(wanted_layers)} and kinds {list(kinds)}")
@@ -212,6 +188,6 @@ def evaluate(attack: Attack, train: AttackData, eval_data: AttackData) -> dict[s
 
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackData", "ConfidenceThresholdAttack", "KINDS", "LogisticAttack",
-    "LossThresholdAttack", "NasrAttack", "evaluate", "layers_in", "make_attack", "parse_column", "select_columns",
+    "ATTACKS", "Attack", "AttackData", "ConfidenceThresholdAttack", "LogisticAttack",
+    "LossThresholdAttack", "NasrAttack", "evaluate", "make_attack", "select_columns",
 ]
