@@ -38,7 +38,7 @@ import torch
 from .errors import LayerleakError
 from .metrics import LOW_FPRS
 
-METRICS = ("accuracy", "balanced_accuracy", "far", "auc", *LOW_FPRS)
+COALITION_METRICS = ("accuracy", "balanced_accuracy", "far", "auc", *LOW_FPRS)  # what fit_coalitions returns per coalition
 _FPR_SLACK = 1e-12  # as mia_tasks.metrics: an FPR equal to the target up to rounding counts as within it
 _REFRESH_RATIO = 0.5  # recompute a coalition's exact Hessian when a step shrank its gradient less than 2x
 _SWITCH_TOL = 1e-6  # float32 steps until the (scikit-learn-scaled) gradient is this small, then float64
@@ -60,7 +60,7 @@ def coalition_mask(coalition_cols: Sequence[Sequence[int]] | np.ndarray, n_featu
             mask[k, cols] = True
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
-        raise LayerleakError(f"coalition {int(empty[0])} has no feature columns (v(empty) = 0.5 is not fitted)")
+        raise LayerleakError(f"coalition {int(empty[0])} has no feature columns (v(empty) is not fitted)")
     return mask
 
 
@@ -449,7 +449,7 @@ def fit_coalitions(
     max_chunk = max_chunk or (8192 if device.type == "cuda" else 512)
     chunk = max(1, min(K, max_chunk, (budget - pb.q_bytes()) // per_coalition))
 
-    out = {key: np.empty(K) for key in METRICS}
+    out = {key: np.empty(K) for key in COALITION_METRICS}
     coef, intercept = np.zeros((K, D)), np.zeros(K)
     n_iter, converged = np.zeros(K, dtype=np.int64), np.zeros(K, dtype=bool)
     # Coalitions of equal width share a chunk, so each chunk's linear algebra is as small as it can be.

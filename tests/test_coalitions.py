@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from mia_tasks.attacks import AttackData, LogisticAttack
 from mia_tasks.coalitions import (
-    METRICS, _Coalitions, _Problem, batched_metrics, coalition_mask, fit_coalitions, fit_one_sklearn, standardise,
+    COALITION_METRICS, _Coalitions, _Problem, batched_metrics, coalition_mask, fit_coalitions, fit_one_sklearn, standardise,
 )
 from mia_tasks.errors import LayerleakError
 from mia_tasks.metrics import attack_metrics
@@ -113,7 +113,7 @@ def test_metrics_match_attack_metrics(data, coalitions, fitted):
     _, Ze = standardise(Xt, Xe)
     for k in range(0, len(coalitions), 5):
         ref = attack_metrics(ye, Ze @ fitted["coef"][k] + fitted["intercept"][k], threshold=0.0)
-        for key in METRICS:
+        for key in COALITION_METRICS:
             assert fitted[key][k] == pytest.approx(ref[key], abs=1e-12), (k, key)
 
 
@@ -137,7 +137,7 @@ def test_batched_metrics_with_ties(seed):
         assert float(got["auc"][r]) == pytest.approx(roc_auc_score(y, Z[r]), abs=1e-12)
         assert float(got["tpr@1%"][r]) == pytest.approx(tpr[fpr <= 0.01 + 1e-12].max(), abs=1e-12)
         assert float(got["tpr@0.1%"][r]) == pytest.approx(tpr[fpr <= 0.001 + 1e-12].max(), abs=1e-12)
-        for key in METRICS:
+        for key in COALITION_METRICS:
             assert float(got[key][r]) == pytest.approx(ref[key], abs=1e-12), (r, key)
 
 
@@ -217,7 +217,7 @@ def test_blockwise_products_and_small_chunks_agree(data, coalitions, fitted):
     few = coalitions[::9]
     got = fit_coalitions(*data, few, return_params=True, memory_bytes=8 << 20, max_chunk=3)
     np.testing.assert_allclose(got["coef"], fitted["coef"][::9], atol=1e-6)  # both within tol of the optimum
-    for key in METRICS:
+    for key in COALITION_METRICS:
         np.testing.assert_array_equal(got[key], fitted[key][::9])
 
 
@@ -227,7 +227,7 @@ def test_column_lists_and_masks_are_the_same_request(data):
     assert np.array_equal(coalition_mask(cols, d), coalition_mask(coalition_mask(cols, d), d))
     a = fit_coalitions(*data, cols)
     b = fit_coalitions(*data, coalition_mask(cols, d))
-    for key in METRICS:
+    for key in COALITION_METRICS:
         np.testing.assert_array_equal(a[key], b[key])
 
 
@@ -275,6 +275,6 @@ def test_cuda_matches_cpu(data, coalitions, fitted):
     assert got["converged"].all()
     np.testing.assert_allclose(got["coef"], fitted["coef"], atol=1e-6)
     ne = len(data[3])
-    for key in METRICS:
+    for key in COALITION_METRICS:
         # Both solutions sit within ~1e-9 of the optimum: at most one near-tied eval score may flip.
         np.testing.assert_allclose(got[key], fitted[key], atol=1.5 / (ne / 2) ** 2 if key == "auc" else 1.5 / ne * 2)
