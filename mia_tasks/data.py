@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .errors import LayerleakError
+from .errors import LayerleakError, one_line
 
 NORMALISATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -41,6 +42,7 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    fingerprint: str = ""  # the content's identity beyond the config (dataset_fingerprint); part of the stage hashes
 
     @property
     def in_channels(self) -> int:
@@ -165,49 +167,94 @@ def _fashion_mnist(cfg) -> tuple:
     return arr["train_x"][:, None], arr["train_y"].astype(np.int64), arr["test_x"][:, None], arr["test_y"].astype(np.int64), 10
 
 
-def _decode(blob: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(blob)) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def _imagefolder_entries(root: Path) -> dict[str, list[tuple[str, Callable[[], bytes]]]]:
-    """{'train': [(class, reader), ...], 'test': [...]} from a folder or a .tar(.gz) archive."""
-    entries: dict[str, list] = {"train": [], "test": []}
-    exts = (".jpg", ".jpeg", ".png", ".bmp")
+@dataclass(frozen=True)
+class _ImageFile:
+    split: str  # train | test
+    label: str  # the class folder's name
+    name: str  # how messages name the file: its path, or archive:member
+    read: Callable[[], bytes]
+
+
+def _imagefolder_entries(root: Path) -> list[_ImageFile]:
+    """Every image file under train/<class>/ and test/<class>/ of a folder or a .tar(.gz) archive, by class."""
+    files = []
     if root.is_file() and tarfile.is_tarfile(root):
         tar = tarfile.open(root)
         for member in tar.getmembers():
             parts = Path(member.name).parts
-            if member.isfile() and member.name.lower().endswith(exts) and len(parts) >= 3 and parts[-3] in entries:
-                entries[parts[-3]].append((parts[-2], lambda m=member: tar.extractfile(m).read()))
+            if member.isfile() and member.name.lower().endswith(IMAGE_EXTS) and len(parts) >= 3 and parts[-3] in ("train", "test"):
+                files.append(_ImageFile(parts[-3], parts[-2], f"{root}:{member.name}", lambda m=member: tar.extractfile(m).read()))
     else:
-        for split in entries:
+        for split in ("train", "test"):
             for path in sorted((root / split).glob("*/*")):
-                if path.suffix.lower() in exts:
-                    entries[split].append((path.parent.name, path.read_bytes))
-    return entries
+                if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
+                    files.append(_ImageFile(split, path.parent.name, str(path), path.read_bytes))
+    return sorted(files, key=lambda f: (f.split, f.label))  # stable: within a class, the folder's or the archive's order
+
+
+def _decode(item: _ImageFile) -> np.ndarray:
+    """One image as uint8 [H, W, 3]; a file that is not an image, or is cut short, is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(item.read())) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise LayerleakError(f"image folder: {item.name} is not an image that Pillow can read; remove or replace it") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise LayerleakError(f"image folder: {item.name} cannot be decoded ({one_line(e)}); "
+                             f"it may be truncated or damaged: remove or replace it") from None
+
+
+def imagefolder_fingerprint(root: Path) -> str:
+    """The image folder's identity: every file's relative path, size and mtime (an archive's own size and mtime),
+    so a changed, added or removed image gives another fingerprint and the folder is decoded again."""
+    digest = hashlib.sha256()
+    if root.is_file():
+        st = root.stat()
+        digest.update(f"archive:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        for split in ("train", "test"):
+            for path in sorted((root / split).rglob("*")):
+                if path.is_file():
+                    st = path.stat()
+                    digest.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _imagefolder(cfg) -> tuple:
     root = _require_root("imagefolder", cfg.root)
-    stat = root.stat()
-    key = hashlib.sha256(f"{root.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("LAYERLEAK_CACHE", Path.home() / ".cache" / "layerleak")) / f"imagefolder-{key}.npz"
+    cache = Path(os.environ.get("LAYERLEAK_CACHE", Path.home() / ".cache" / "layerleak")) / f"imagefolder-{imagefolder_fingerprint(root)}.npz"
     if cache.is_file():
-        z = np.load(cache)
-        return z["train_x"], z["train_y"], z["test_x"], z["test_y"], int(z["classes"])
+        try:
+            z = np.load(cache)
+            return z["train_x"], z["train_y"], z["test_x"], z["test_y"], int(z["classes"])
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a damaged cache file: decode again and replace it
     entries = _imagefolder_entries(root)
-    if not entries["train"] or not entries["test"]:
+    splits = {split: [f for f in entries if f.split == split] for split in ("train", "test")}
+    if not splits["train"] or not splits["test"]:
         raise LayerleakError(f"imagefolder root {root} needs train/<class>/*.jpg and test/<class>/*.jpg (a folder or a .tar.gz of one)")
-    classes = sorted({c for split in entries.values() for c, _ in split})
+    classes = sorted({f.label for f in entries})
+    if len(classes) < 2:
+        raise LayerleakError(f"imagefolder root {root} has one class ({classes[0]!r}); membership inference needs a classifier "
+                             f"of at least 2 classes: one folder per class under train/ and test/")
     index = {c: i for i, c in enumerate(classes)}
+    images = {split: [_decode(f) for f in items] for split, items in splits.items()}
+    shapes = Counter(im.shape for ims in images.values() for im in ims)
+    size = shapes.most_common(1)[0][0]
+    for split, items in splits.items():
+        for f, im in zip(items, images[split]):
+            if im.shape != size:
+                raise LayerleakError(f"image folder: {f.name} is {im.shape[1]}x{im.shape[0]} pixels, the other images are "
+                                     f"{size[1]}x{size[0]}; resize or remove it (every image must have one size)")
     out = []
-    for split in ("train", "test"):
-        items = sorted(entries[split], key=lambda e: e[0])
-        x = np.stack([_decode(read()) for _, read in items]).transpose(0, 3, 1, 2)
-        y = np.asarray([index[c] for c, _ in items], dtype=np.int64)
+    for split, items in splits.items():
+        x = np.stack(images[split]).transpose(0, 3, 1, 2)
+        y = np.asarray([index[f.label] for f in items], dtype=np.int64)
         out += [np.ascontiguousarray(x), y]
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
@@ -241,6 +288,15 @@ DATASETS: dict[str, Callable] = {
 }
 
 
+def dataset_fingerprint(cfg) -> str:
+    """What identifies the dataset's content beyond its config (stage hashes include it): for an image folder
+    its files' paths, sizes and mtimes; "" for the bundled and generated sets, which the config fixes."""
+    if cfg.name == "imagefolder" and cfg.root:
+        root = Path(cfg.root).expanduser()
+        return imagefolder_fingerprint(root) if root.exists() else ""
+    return ""
+
+
 def load_dataset(cfg) -> ImageData:
     """Load the configured dataset once into uint8 tensors; bad roots raise LayerleakError."""
     if cfg.name not in DATASETS:
@@ -254,4 +310,4 @@ def load_dataset(cfg) -> ImageData:
         raise LayerleakError(f"dataset.mean/std need {channels} value(s) for {cfg.name!r}, got {len(mean)}/{len(std)}")
     t = lambda a, dt: torch.from_numpy(np.array(a, copy=True)).to(dt)
     return ImageData(cfg.name, t(train_x, torch.uint8), t(train_y, torch.int64), t(test_x, torch.uint8),
-                     t(test_y, torch.int64), int(classes), mean, std)
+                     t(test_y, torch.int64), int(classes), mean, std, dataset_fingerprint(cfg))

@@ -136,3 +136,64 @@ def test_missing_root(tmp_path, name):
 def test_cifar_root_without_batches(tmp_path):
     with pytest.raises(LayerleakError, match="not found under"):
         load_dataset(DatasetConfig(name="cifar100", root=str(tmp_path)))
+
+
+def _jpeg(path, size=(6, 6)):
+    Image.fromarray(RNG.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(path, format="JPEG")
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncated", "cannot be decoded (Truncated File Read); it may be truncated or damaged"),
+    ("not-an-image", "is not an image that Pillow can read"),
+    ("other-size", "is 9x7 pixels, the other images are 6x6; resize or remove it"),
+])
+def test_imagefolder_bad_image_names_the_file(tmp_path, monkeypatch, damage, needle):
+    monkeypatch.setenv("LAYERLEAK_CACHE", str(tmp_path / "cache"))
+    _image_tree(tmp_path / "set")
+    bad = tmp_path / "set" / "train" / "dog" / "odd.jpg"
+    if damage == "truncated":
+        _jpeg(bad)
+        bad.write_bytes(bad.read_bytes()[:200])
+    elif damage == "not-an-image":
+        bad.write_text("these are notes, not pixels\n")
+    else:
+        _jpeg(bad, size=(7, 9))
+    with pytest.raises(LayerleakError) as e:
+        load_dataset(DatasetConfig(name="imagefolder", root=str(tmp_path / "set")))
+    assert str(bad) in str(e.value) and needle in str(e.value), str(e.value)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # nothing cached
+
+
+def test_imagefolder_single_class_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERLEAK_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        (tmp_path / "set" / split / "cat").mkdir(parents=True)
+        for i in range(3):
+            _jpeg(tmp_path / "set" / split / "cat" / f"{i}.jpg")
+    with pytest.raises(LayerleakError, match="has one class \\('cat'\\); membership inference needs a classifier of at least 2 classes"):
+        load_dataset(DatasetConfig(name="imagefolder", root=str(tmp_path / "set")))
+
+
+@pytest.mark.parametrize("change", ["change", "add", "remove"])
+def test_imagefolder_cache_is_keyed_by_content(tmp_path, monkeypatch, change):
+    """A changed, added or removed image gives another fingerprint: the folder is decoded again, not read from the cache."""
+    from mia_tasks.data import dataset_fingerprint
+
+    monkeypatch.setenv("LAYERLEAK_CACHE", str(tmp_path / "cache"))
+    _image_tree(tmp_path / "set")
+    cfg = DatasetConfig(name="imagefolder", root=str(tmp_path / "set"))
+    before, fingerprint = load_dataset(cfg), dataset_fingerprint(cfg)
+    assert dataset_fingerprint(cfg) == fingerprint and load_dataset(cfg).fingerprint == fingerprint  # unchanged: same key
+    target = tmp_path / "set" / "train" / "cat" / "1.png"
+    if change == "change":
+        new = np.full((6, 6, 3), 7, dtype=np.uint8)
+        Image.fromarray(new).save(target)
+    elif change == "add":
+        Image.fromarray(np.full((6, 6, 3), 7, dtype=np.uint8)).save(tmp_path / "set" / "train" / "cat" / "9.png")
+    else:
+        target.unlink()
+    after = load_dataset(cfg)
+    assert after.fingerprint != fingerprint and len(list((tmp_path / "cache").glob("*.npz"))) == 2  # decoded again
+    assert len(after.train_y) == len(before.train_y) + {"change": 0, "add": 1, "remove": -1}[change]
+    if change != "remove":
+        assert any((x.numpy() == 7).all() for x in after.train_x) and not any((x.numpy() == 7).all() for x in before.train_x)
