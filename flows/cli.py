@@ -164,6 +164,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _stage(args: argparse.Namespace) -> int:
     from mia_tasks.config import stage_hashes
+    from mia_tasks.data import dataset_fingerprint
     from mia_tasks.outlock import reading, writing
     from mia_tasks.rundir import RunDir, new_run_id
 
@@ -176,14 +177,18 @@ def _stage(args: argparse.Namespace) -> int:
     from . import pipeline  # stages start Ray only when they have work to do
 
     start = time.perf_counter()
+    # the data's content enters the stages' hashes, not config.yaml's: a changed image folder is not another
+    # config (OUT is not refused), its stages are redone
+    hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
     if args.command in pipeline.READERS:  # reads OUT while no run writes it (a shared lock); writes only its report
         rd = RunDir(cfg.output.dir)
         with reading(rd, args.command):
-            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, stage_hashes(cfg), args)
+            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
     else:  # one writing run at a time: OUT is marked, and locked for the whole command
         rd = RunDir(cfg.output.dir, run_id=new_run_id())
         with writing(rd):
-            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, rd.prepare(cfg), args)
+            rd.prepare(cfg)  # refuses outputs of another config; saves config.yaml
+            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
     print(f"[layerleak] {args.command} done in {time.perf_counter() - start:.1f}s; outputs in {rd.uri}")
     return 0
 

@@ -313,9 +313,15 @@ def _strip(tree: Any, prefix: str) -> Any:
     return tree
 
 
-def stage_hashes(cfg: Config) -> dict[str, str]:
-    """A hash per stage over the settings that change its results (paths, devices and batch sizes excluded)."""
+def stage_hashes(cfg: Config, content: str = "") -> dict[str, str]:
+    """A hash per stage over the settings that change its results (paths, devices and batch sizes excluded).
+
+    ``content`` is the dataset's fingerprint beyond its config (``mia_tasks.data.dataset_fingerprint``): with
+    it, a changed image folder makes every stage's outputs no longer current, so they are made again.
+    """
     tree = _strip(cfg.to_dict(), "")
+    if content:
+        tree["dataset"]["content"] = content
     versioned = {**tree, **CODE_VERSIONS}
     out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
     out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output")})

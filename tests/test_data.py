@@ -197,3 +197,30 @@ def test_imagefolder_cache_is_keyed_by_content(tmp_path, monkeypatch, change):
     assert len(after.train_y) == len(before.train_y) + {"change": 0, "add": 1, "remove": -1}[change]
     if change != "remove":
         assert any((x.numpy() == 7).all() for x in after.train_x) and not any((x.numpy() == 7).all() for x in before.train_x)
+
+
+def test_changed_image_folder_redoes_its_stages(ray_head, tmp_path):
+    """Issue 12: after one image is removed, the next run decodes the folder again and redoes splits and target
+    (the folder's fingerprint enters the stage hashes; config.yaml's hashes, which refuse another config, stay)."""
+    import json
+
+    import pyarrow.parquet as pq
+    from helpers import run_cli, tiny_args
+
+    root = tmp_path / "set"
+    for split, n in (("train", 64), ("test", 10)):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(RNG.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    out, env = tmp_path / "run", {"LAYERLEAK_CACHE": str(tmp_path / "cache")}
+    args = tiny_args(out, "dataset.name=imagefolder", f"dataset.root={root}", "train.epochs=3")
+    first = run_cli("train", *args, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    hashes = (pq.read_schema(out / "splits.parquet").metadata, json.loads((out / "target" / "metrics.json").read_text())["config_hash"])
+    (root / "train" / "dog" / "5.png").unlink()
+    second = run_cli("train", *args, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing" not in second.stdout and len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert pq.read_schema(out / "splits.parquet").metadata != hashes[0]
+    assert json.loads((out / "target" / "metrics.json").read_text())["config_hash"] != hashes[1]
