@@ -18,6 +18,7 @@ import ray
 from mia_tasks.config import Config
 from mia_tasks.featurestore import part_name, part_problem
 from mia_tasks.rundir import RunDir, stamp
+from mia_tasks.schema import CONSTANT_COLUMNS_KEY, LABEL, MEMBER, SAMPLE_ID
 
 from .actors import actor_pool, load_data_and_target, pool_size
 from .runtime import held_device, init_ray, stage_gpus
@@ -33,22 +34,17 @@ class Extractor:
         self.data, self.model = load_data_and_target(cfg, out, self.device)
 
     def __call__(self, shard: int, sample_ids: np.ndarray, member: np.ndarray) -> dict:
-        from mia_tasks.gradstats import features_to_columns, per_sample_features
+        from mia_tasks.gradstats import features_in_batches
 
         names = [l["name"] for l in self.layers]
         x, y = self.data.images(sample_ids)
-        columns: dict[str, list[np.ndarray]] = {}
-        bs = self.cfg.features.batch_size
-        for i in range(0, len(sample_ids), bs):
-            xb = self.data.normalise(x[i:i + bs].to(self.device))
-            result = per_sample_features(self.model, xb, y[i:i + bs].to(self.device), names, budget_mb=self.cfg.features.budget_mb)
-            for k, v in features_to_columns(result, names).items():
-                columns.setdefault(k, []).append(v)
-        table = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "label": pa.array(y.numpy(), pa.int64()),
-                          "member": pa.array(member, pa.bool_()),
-                          **{k: pa.array(np.concatenate(v), pa.float64()) for k, v in columns.items()}})
+        columns, constant = features_in_batches(self.model, x, y, names, self.cfg.features.batch_size, self.cfg.features.budget_mb,
+                                                prepare=lambda xb: self.data.normalise(xb.to(self.device)))
+        table = pa.table({SAMPLE_ID: pa.array(sample_ids, pa.int64()), LABEL: pa.array(y.numpy(), pa.int64()),
+                          MEMBER: pa.array(member, pa.bool_()), **{k: pa.array(v, pa.float64()) for k, v in columns.items()}})
         meta = {**stamp("features", {"features": self.hash}), "shard": shard, "layers": names,
-                "params": {l["name"]: l["params"] for l in self.layers}, "depths": {l["name"]: l["depth"] for l in self.layers}}
+                "params": {l["name"]: l["params"] for l in self.layers}, "depths": {l["name"]: l["depth"] for l in self.layers},
+                CONSTANT_COLUMNS_KEY: constant}
         self.rd.write_parquet(part_name(shard), table, meta)
         return {"shard": shard, "rows": len(sample_ids), "node": ray.get_runtime_context().get_node_id(), "device": str(self.device)}
 

@@ -24,7 +24,7 @@ from mia_tasks.featurestore import Features
 from mia_tasks.players import make_players, player_columns
 from mia_tasks.rundir import SHAPLEY, RunDir, stamp, sweep_part
 from mia_tasks.splits import Splits
-from mia_tasks.sweeptable import METRICS, read_sweep, shapley_report
+from mia_tasks.sweeptable import SWEEP_METRICS, read_sweep, shapley_report
 
 from .actors import actor_pool, pool_size
 from .runtime import held_device, init_ray, stage_gpus
@@ -49,7 +49,7 @@ class Fitter:
         res = fit_coalitions(d["X_train"], d["y_train"], d["X_eval"], d["y_eval"], column_masks(coalitions, self.widths),
                              C=self.C, device=self.device)
         table = pa.table({"coalition": pa.array(coalitions, pa.int64()), "repeat": pa.array(np.full(len(coalitions), repeat), pa.int64()),
-                          **{m: pa.array(np.asarray(res[m], np.float64)) for m in METRICS}})
+                          **{m: pa.array(np.asarray(res[m], np.float64)) for m in SWEEP_METRICS}})
         name = sweep_part(repeat, int(coalitions[0]), int(coalitions[-1]))
         self.rd.write_parquet(name, table, stamp("sweep", {"sweep": self.hash}))
         return len(coalitions)
@@ -63,7 +63,7 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
         raise LayerleakError(f"{L} players is too many for an exact sweep (2^{L} coalitions; sweep.max_exact_players="
                              f"{cfg.sweep.max_exact_players}): group layers into players (--set sweep.players=groups) "
                              f"or estimate by sampling (--set sweep.method=sampled)")
-    cols = player_columns(players, cfg.sweep.kinds)
+    cols = player_columns(players, cfg.sweep.kinds, features.constant)
     data = attack_data(features, splits, [c for pc in cols for c in pc], cfg.attack.transform)
     with ExitStack() as stack:  # the fitters, started on the first fit, are killed however the sweep ends
         fitters = None  # the Pool, once started

@@ -13,6 +13,7 @@ import numpy as np
 from .attacks import AttackData, evaluate, make_attack, select_columns
 from .featurestore import Features
 from .metrics import aggregate, roc_curve
+from .schema import LOSS
 from .splits import ROLE_EVAL, ROLE_TRAIN, Splits
 
 
@@ -34,9 +35,9 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
     """
     layers = list(layers) if layers else list(features.layers)
     if name == "logistic":
-        columns = select_columns(features.table.column_names, layers, kinds)
+        columns = select_columns(features.table.column_names, layers, kinds, exclude=features.constant)
     else:
-        columns = ["loss"]
+        columns = [LOSS]
     per_repeat, rocs = [], []
     for r in range(splits.repeats):
         tr, ev = splits.ids(r, ROLE_TRAIN), splits.ids(r, ROLE_EVAL)

@@ -25,6 +25,7 @@ from .config import attack_settings
 from .errors import LayerleakError
 from .featurestore import Features
 from .rundir import stamp
+from .schema import ID_COLUMNS, LAYER_KINDS, LOSS, STATS, column
 from .splits import Splits
 
 EXPERIMENTS = ("groups-grad", "groups-out", "single-layer")
@@ -57,11 +58,11 @@ class Selection:
         return [l for l in order if l in used]
 
     def kinds(self) -> list[str]:
-        return [k for k in ("grad", "out") if getattr(self, k)]
+        return [k for k in LAYER_KINDS if getattr(self, k)]
 
-    def columns(self, features: Features, stats: Sequence[str]) -> list[str]:
-        """The feature columns, in the table's order (kind.layer.stat)."""
-        wanted = {f"{k}.{l}.{s}" for k in ("grad", "out") for l in getattr(self, k) for s in stats}
+    def columns(self, features: Features) -> list[str]:
+        """The feature columns, in the table's order (kind.layer.stat), less those constant by construction."""
+        wanted = {column(k, l, s) for k in LAYER_KINDS for l in getattr(self, k) for s in STATS} - set(features.constant)
         return [c for c in features.table.column_names if c in wanted]
 
 
@@ -85,12 +86,12 @@ def selections(name: str, layers: Sequence[str], single_kinds: Sequence[str] = (
 
 def features_view(features: Features, sel: Selection) -> Features:
     """The features with only the selection's feature columns (plus ids, labels, membership, loss)."""
-    stats = sorted({c.rsplit(".", 1)[1] for c in features.table.column_names if c.startswith(("grad.", "out."))})
-    keep = [c for c in ("sample_id", "label", "member", "loss") if c in features.table.column_names]
-    cols = sel.columns(features, stats)
+    keep = [c for c in (*ID_COLUMNS, LOSS) if c in features.table.column_names]
+    cols = sel.columns(features)
     if not cols:
         raise LayerleakError(f"the features table has no columns for {sel.label!r} (grad {sel.grad}, out {sel.out})")
-    return Features(features.table.select(keep + cols), sel.layers(features.layers), features.params, features.depths)
+    return Features(features.table.select(keep + cols), sel.layers(features.layers), features.params, features.depths,
+                    features.constant)
 
 
 def logistic_row(sel: Selection, features: Features, splits: Splits, C: float, seed: int, transform: str = "none") -> dict:

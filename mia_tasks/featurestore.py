@@ -6,13 +6,14 @@ rows of its shard; anything else (truncated, foreign, stale) is reported and rec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from .errors import LayerleakError, one_line
+from .schema import CONSTANT_COLUMNS_KEY
 from .rundir import FEATURES, HASH_KEY, RunDir, is_current
 from .rundir import feature_part as part_name
 
@@ -36,12 +37,17 @@ def part_problem(rd: RunDir, shard: int, config_hash: str, sample_ids: np.ndarra
 
 @dataclass
 class Features:
-    """The whole features table (sorted by sample_id) and what the parts say about the layers."""
+    """The whole features table (sorted by sample_id) and what the parts say about the layers.
+
+    ``constant`` names the columns constant by construction (``schema.constant_columns``): stored as
+    exact zeros, left out of every attack and coalition.
+    """
 
     table: pa.Table
     layers: list[str]
     params: dict[str, int]
     depths: dict[str, int]
+    constant: list[str] = field(default_factory=list)
 
     def matrix(self, columns: list[str], sample_ids: np.ndarray) -> np.ndarray:
         """float64 [len(sample_ids), len(columns)] in the order of ``sample_ids``."""
@@ -68,4 +74,4 @@ def load_features(rd: RunDir, config_hash: str) -> Features:
     ids = table.column("sample_id").to_numpy()
     if len(np.unique(ids)) != len(ids):
         raise LayerleakError(f"{rd.uri}/{FEATURES} holds duplicate sample ids; delete the folder and rerun 'layerleak extract'")
-    return Features(table, meta["layers"], meta["params"], meta["depths"])
+    return Features(table, meta["layers"], meta["params"], meta["depths"], list(meta.get(CONSTANT_COLUMNS_KEY, [])))

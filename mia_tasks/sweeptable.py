@@ -8,9 +8,9 @@ import pyarrow as pa
 from .errors import one_line
 from .featurestore import Features
 from .rundir import HASH_KEY, SWEEP, RunDir, is_current, stamp
-from .shapley import exact_shapley, value_table
+from .shapley import EMPTY_VALUE, exact_shapley, value_table
 
-METRICS = ("accuracy", "auc", "tpr@1%", "tpr@0.1%")
+SWEEP_METRICS = ("accuracy", "auc", "tpr@1%", "tpr@0.1%")  # what a sweep part stores per (coalition, repeat)
 
 
 def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, float]]]:
@@ -23,13 +23,13 @@ def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict[str, fl
             if not is_current(meta, "sweep", {"sweep": config_hash}):
                 raise ValueError(f"made by another config (hash {meta.get(HASH_KEY)})")
             t = rd.read_parquet(rel)
-            cols = {c: t.column(c).to_numpy() for c in ("coalition", "repeat", *METRICS)}
+            cols = {c: t.column(c).to_numpy() for c in ("coalition", "repeat", *SWEEP_METRICS)}
         except (OSError, pa.ArrowException, ValueError, KeyError) as e:
             print(f"[layerleak] sweep: {rel} is not a valid part ({one_line(e)}); removing it, its keys will be refitted")
             rd.delete(rel)
             continue
         for i, (c, r) in enumerate(zip(cols["coalition"], cols["repeat"])):
-            out.setdefault(int(r), {})[int(c)] = {m: float(cols[m][i]) for m in METRICS}
+            out.setdefault(int(r), {})[int(c)] = {m: float(cols[m][i]) for m in SWEEP_METRICS}
     return out
 
 
@@ -43,7 +43,7 @@ def shapley_text(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def repeat_values(rows: dict[int, dict[str, float]], n_players: int, metric: str = "accuracy", empty: float = 0.5) -> np.ndarray:
+def repeat_values(rows: dict[int, dict[str, float]], n_players: int, metric: str = "accuracy", empty: float = EMPTY_VALUE) -> np.ndarray:
     """v(S) for all 2^L masks from one repeat's rows, v(∅) = ``empty``; a missing coalition is an error."""
     masks = np.fromiter(rows.keys(), np.int64, len(rows))
     return value_table(masks, np.array([rows[m][metric] for m in masks]), n_players, empty)
@@ -55,8 +55,8 @@ def shapley_report(table: dict, players: dict[str, list[str]], features: Feature
     L, names, R = len(players), list(players), len(table)
     per_metric = {}
     if sampled is None:
-        for metric, empty in (("accuracy", 0.5), ("auc", 0.5)):
-            tables = np.stack([repeat_values(table[r], L, metric, empty) for r in sorted(table)])
+        for metric in ("accuracy", "auc"):  # v(∅) = EMPTY_VALUE: a coin flip has accuracy and AUC 0.5
+            tables = np.stack([repeat_values(table[r], L, metric) for r in sorted(table)])
             per_metric[metric] = (np.stack([exact_shapley(t) for t in tables]), tables[:, -1], None)
     else:
         values = np.stack([s.values for s in sampled])
@@ -84,9 +84,9 @@ def shapley_report(table: dict, players: dict[str, list[str]], features: Feature
         "players": out_players,
         "kinds": list(cfg.sweep.kinds),
         "repeats": R,
-        "v_empty": 0.5,
+        "v_empty": EMPTY_VALUE,
         "v_all": {"mean": float(np.nanmean(v_all)), "std": float(np.nanstd(v_all, ddof=1)) if R > 1 else 0.0},
-        "efficiency_gap": float(np.abs(phi.sum(axis=1) - (v_all - 0.5)).max()) if sampled is None else None,
+        "efficiency_gap": float(np.abs(phi.sum(axis=1) - (v_all - EMPTY_VALUE)).max()) if sampled is None else None,
         "coalitions": int(sum(len(t) for t in table.values())),
         "n_permutations": [int(s.n_permutations) for s in sampled] if sampled else None,
     }

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import copy_run, popen, run_cli, tiny_args
-from mia_tasks.gradstats import STATS
+from mia_tasks.schema import CONSTANT_COLUMNS_KEY, STATS
 
 
 def test_features_read_as_one_table(tiny_run):
@@ -24,8 +24,12 @@ def test_features_read_as_one_table(tiny_run):
     df = pd.read_parquet(tiny_run / "features")
     assert table.num_rows == len(df) == splits.num_rows == 120
     assert sorted(df["sample_id"]) == sorted(splits.column("sample_id").to_pylist())
-    meta = json.loads(pq.read_schema(next((tiny_run / "features").glob("part-*.parquet"))).metadata[b"layers"])
+    part_meta = pq.read_schema(next((tiny_run / "features").glob("part-*.parquet"))).metadata
+    meta = json.loads(part_meta[b"layers"])
     assert meta == ["conv1", "conv2", "fc1", "fc2"]
+    # fc2's output is the logits: its gradient mean is 0 by construction, stored as an exact zero and marked
+    assert json.loads(part_meta[CONSTANT_COLUMNS_KEY.encode()]) == ["grad.fc2.mean"]
+    assert (df["grad.fc2.mean"] == 0).all() and (df["grad.fc1.mean"] != 0).all()
     for layer in meta:
         for kind in ("grad", "out"):
             cols = [f"{kind}.{layer}.{s}" for s in STATS]
