@@ -15,7 +15,7 @@ from mia_tasks.config import Config
 from mia_tasks.data import ImageData, load_dataset
 from mia_tasks.rundir import MEMBERS, SPLITS, TARGET_METRICS, RunDir, is_current, stamp
 from mia_tasks.splits import Splits, make_splits
-from mia_tasks.target import build_target, load_target, save_target
+from mia_tasks.target import build_target, load_target, save_target, saved_state
 from mia_tasks.train import accuracy, resolve_device, train_target
 
 from .progress import interactive
@@ -24,8 +24,10 @@ from .runtime import init_ray, remote_errors, stage, stage_gpus
 
 def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits:
     """Draw (or reuse) OUT/splits.parquet and the target's member list."""
-    if rd.exists(SPLITS) and rd.exists(MEMBERS) and is_current(rd.parquet_metadata(SPLITS), "splits", hashes):
-        return Splits(rd.read_parquet(MEMBERS).column("sample_id").to_numpy(), rd.read_parquet(SPLITS))
+    if is_current(rd.read_derived(SPLITS, rd.parquet_metadata), "splits", hashes):  # a damaged file is made again
+        members, table = rd.read_derived(MEMBERS, rd.read_parquet), rd.read_derived(SPLITS, rd.read_parquet)
+        if members is not None and table is not None:
+            return Splits(members.column("sample_id").to_numpy(), table)
     splits = make_splits(data.train_y.numpy(), data.test_y.numpy(), cfg.split, cfg.seed, pretrained=bool(cfg.model.checkpoint))
     meta = {**stamp("splits", hashes), "n_train": data.n_train, "repeats": cfg.split.repeats}
     rd.write_parquet(MEMBERS, pa.table({"sample_id": pa.array(splits.target_members, pa.int64())}), meta)
@@ -65,11 +67,10 @@ def _train_task(cfg: Config, out: str, member_ids: np.ndarray, bar: bool) -> dic
 
 def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: Splits) -> dict:
     """Train the target (or measure a pretrained one); OUT/target/metrics.json; skipped when already made."""
-    if rd.exists(TARGET_METRICS):
-        metrics = rd.read_json(TARGET_METRICS)
-        if is_current(metrics, "target", hashes):
-            print(f"[layerleak] target: reusing {rd.uri}/target (train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f})")
-            return metrics
+    metrics = rd.read_derived(TARGET_METRICS, rd.read_json)  # None when missing or damaged: the target is made again
+    if is_current(metrics, "target", hashes) and (cfg.model.checkpoint or saved_state(rd) is not None):
+        print(f"[layerleak] target: reusing {rd.uri}/target (train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f})")
+        return metrics
     if cfg.model.checkpoint:
         model = load_target(cfg, rd, data)
         device = resolve_device(cfg.train.device)

@@ -14,8 +14,11 @@ import io
 import json
 import os
 import posixpath
+import pickle
 import uuid
-from typing import Any
+import zipfile
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,7 +26,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from .config import Config, dump_config, stage_hashes
-from .errors import LayerleakError
+from .errors import LayerleakError, one_line
+
+T = TypeVar("T")
 
 # --- the layout of OUT: every path a stage writes or reads, spelled here only --------------------------
 MARKER = ".layerleak"  # this folder is a layerleak run folder
@@ -226,6 +231,18 @@ class RunDir:
             except ValueError:
                 continue
         return out
+
+    def read_derived(self, rel: str, read: Callable[[str], T]) -> T | None:
+        """``read(rel)`` of an output a stage can make again, or None when it is missing or damaged (a truncated
+        Parquet, JSON or checkpoint file: said in one line, and the caller makes it again)."""
+        if not self.exists(rel):
+            return None
+        try:
+            return read(rel)
+        except (OSError, ValueError, EOFError, RuntimeError, UnicodeDecodeError, pa.ArrowException, zipfile.BadZipFile,
+                pickle.UnpicklingError) as e:
+            print(f"[layerleak] OUT/{rel} is damaged ({one_line(e)}); making it again", flush=True)
+            return None
 
     # --- the folder: marker and lock ---
     def claim(self) -> None:

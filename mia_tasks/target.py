@@ -26,11 +26,16 @@ def load_target(cfg, rd: RunDir, data: ImageData) -> nn.Module:
     if cfg.model.checkpoint:
         load_checkpoint(model, cfg.model.checkpoint, trusted=cfg.model.trust_checkpoint)
     else:
-        if not rd.exists(CHECKPOINT):
+        state = saved_state(rd)
+        if state is None:
             raise LayerleakError(f"no trained target in {rd.uri}/target; run 'layerleak train' first (or 'layerleak run')")
-        state = torch.load(io.BytesIO(rd.read_bytes(CHECKPOINT)), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
     return model.eval()
+
+
+def saved_state(rd: RunDir) -> dict[str, torch.Tensor] | None:
+    """The state dict the target stage saved in OUT, or None when it is missing or damaged (the stage trains again)."""
+    return rd.read_derived(CHECKPOINT, lambda rel: torch.load(io.BytesIO(rd.read_bytes(rel)), map_location="cpu", weights_only=True))
 
 
 def save_target(model: nn.Module, rd: RunDir) -> None:
