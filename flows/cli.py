@@ -183,6 +183,9 @@ def _stage(args: argparse.Namespace) -> int:
     if args.command in pipeline.READERS:  # reads OUT while no run writes it (a shared lock); writes only its report
         rd = RunDir(cfg.output.dir)
         with reading(rd, args.command):
+            saved = None if args.config or args.set else rd.saved_config()
+            if saved is not None:  # no --config/--set: report what OUT holds, made with the config it records
+                cfg, hashes = saved, stage_hashes(saved, dataset_fingerprint(saved.dataset))
             pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
     else:  # one writing run at a time: OUT is marked, and locked for the whole command
         rd = RunDir(cfg.output.dir, run_id=new_run_id())
