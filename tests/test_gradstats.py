@@ -528,6 +528,8 @@ def test_a_registered_layer_family_is_audited(monkeypatch):
     def scale_grad_sums(module, saved, g, plan):
         return sums_of(g * saved.input)
 
+    assert audited_layers(model) == ["0", "2"]  # the audited layers follow the registry
+
     fast = per_sample_grad_stats(model, x, y, layers=["0", "2"])
     ref = reference_grad_stats(model, x, y, layers=["0", "2"], stats=scipy_stats)
     for name in ("0", "2"):

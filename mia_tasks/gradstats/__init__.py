@@ -32,6 +32,7 @@ from .registry import (
     Saved,
     layer_stats_for,
     register_layer_stats,
+    registered_layers,
 )
 
 SUPPORTED = tuple(LAYER_STATS)
@@ -40,5 +41,5 @@ __all__ = [
     "LAYER_STATS", "STATS", "SUM_COLUMNS", "SUPPORTED", "LayerStats", "Saved", "feature_columns", "features_in_batches",
     "features_to_columns",
     "layer_stats_for", "merge_sums", "outer_sums", "per_sample_features", "per_sample_grad_stats", "reference_grad_stats",
-    "register_layer_stats", "stats_from_sums", "stats_of", "sums_of",
+    "register_layer_stats", "registered_layers", "stats_from_sums", "stats_of", "sums_of",
 ]

@@ -33,7 +33,7 @@ from ..errors import LayerleakError
 from ..schema import LAYER_KINDS, LOSS, STATS, column, constant_columns
 from .chunks import Plan
 from .moments import compile_wanted, const_tol, row_stats, stats_from_sums, stats_of
-from .registry import LayerStats, Saved, layer_stats_for, supported_names
+from .registry import LayerStats, Saved, layer_stats_for, registered_layers, supported_names
 
 
 class _Recorder:
@@ -169,9 +169,7 @@ def per_sample_features(model: nn.Module, inputs: Tensor, targets: Tensor, layer
     reductions with torch.compile: 10-40 s once per process, then the reductions run 2-6x faster (10-20%
     of the whole pass on CIFAR AlexNet/ResNet-20, CPU); any compile failure falls back to eager.
     """
-    from ..models import audited_layers
-
-    layers = list(audited_layers(model) if layers is None else layers)
+    layers = list(registered_layers(model) if layers is None else layers)
     if not layers:
         raise LayerleakError(f"no layers to audit: the model has no {supported_names()} layer with weights")
     if inputs.shape[0] != targets.shape[0]:
@@ -235,9 +233,7 @@ def reference_grad_stats(model: nn.Module, inputs: Tensor, targets: Tensor, laye
     """The plain reference: one sample at a time, autograd gradients of each layer's weight and bias
     (concatenated), reduced by ``stats`` ([1, N] -> [1, 7]); the loss in float64, as in ``per_sample_features``.
     Eval mode; the model is left as it was."""
-    from ..models import audited_layers
-
-    layers = list(audited_layers(model) if layers is None else layers)
+    layers = list(registered_layers(model) if layers is None else layers)
     modules = {n: model.get_submodule(n) for n in layers}
     params = {n: list(m.parameters(recurse=False)) for n, m in modules.items()}
     flat = [p for n in layers for p in params[n]]

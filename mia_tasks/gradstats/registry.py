@@ -73,6 +73,12 @@ def layer_stats_for(module: nn.Module) -> LayerStats | None:
     return None
 
 
+def registered_layers(model: nn.Module) -> list[str]:
+    """Qualified names of ``model``'s modules that have a route and their own weight, in registration order
+    (the audited layers of ``mia_tasks.models.audited_layers``)."""
+    return [n for n, m in model.named_modules() if layer_stats_for(m) is not None and getattr(m, "weight", None) is not None]
+
+
 def supported_names() -> str:
     """The registered layer types, for error messages ('Linear, Conv1d and Conv2d')."""
     names = [t.__name__ for t in LAYER_STATS]

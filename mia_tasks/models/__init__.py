@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from ..errors import LayerleakError, one_line
+from ..gradstats import registered_layers
 from .cifar import AlexNet, ResNet, SmallCNN
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
@@ -28,9 +29,6 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "alexnet": AlexNet,
     "resnet": ResNet,
 }
-
-AUDITED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
 
 def load_factory(spec: str) -> Callable[..., nn.Module]:
     """The factory a user names as 'package.module:factory' or 'path/to/file.py:factory' (imports its module);
@@ -90,12 +88,13 @@ def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> n
 
 
 def audited_layers(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
-    """Qualified names of the modules with their own conv/linear weights, in forward order.
+    """Qualified names of the modules with their own weights that per-sample statistics support (a route
+    registered in ``mia_tasks.gradstats``: conv and linear layers), in forward order.
 
     With ``example`` (a batch of inputs) the order is observed from a forward pass; without it,
     registration order (which is forward order for the built-in architectures).
     """
-    names = [n for n, m in model.named_modules() if isinstance(m, AUDITED_TYPES) and getattr(m, "weight", None) is not None]
+    names = registered_layers(model)
     if example is None:
         return names
     order: list[str] = []
