@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util import ActorPool
 
 from mia_tasks.config import Config
+from mia_tasks.rundir import RunDir
 
 from .progress import progress
 from .runtime import placeable, remote_errors
+
+if TYPE_CHECKING:  # torch loads only in the workers that score samples
+    from torch import nn
+
+    from mia_tasks.data import ImageData
 
 
 def pool_size(n_jobs: int, gpus: int, cpu_actors: int, what: str, key: str) -> int:
@@ -63,11 +69,10 @@ def actor_pool(cls: type, args: tuple, n: int, *, gpu: bool, max_retries: int) -
             ray.kill(a)
 
 
-def load_data_and_target(cfg: Config, out: str, device: str | None = None) -> tuple:
+def load_data_and_target(cfg: Config, out: str | RunDir, device: str | None = None) -> tuple[ImageData, nn.Module]:
     """(dataset, target model in eval mode) for a worker that scores samples: loaded once, in its constructor
     or task, and moved to ``device`` when given (the Nasr attack copies the model to its device itself)."""
     from mia_tasks.data import load_dataset
-    from mia_tasks.rundir import RunDir
     from mia_tasks.target import load_target
 
     data = load_dataset(cfg.dataset)
