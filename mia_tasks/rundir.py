@@ -15,6 +15,7 @@ import json
 import os
 import posixpath
 import pickle
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-from .config import Config, dump_config, stage_hashes
+from .config import Config, dump_config, load_config, stage_hashes
 from .errors import LayerleakError, one_line
 
 T = TypeVar("T")
@@ -284,9 +285,30 @@ class RunDir:
             return []
         if info.type != pafs.FileType.Directory:
             raise LayerleakError(f"OUT {self.uri} is a file, not a folder; choose a new --out")
-        return [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))]
+        names = [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))]
+        return [n for n in names if not (n.startswith(".") and n.endswith(".tmp"))]  # a write in flight is no content
 
     # --- config ---
+    def saved_config(self) -> Config | None:
+        """The config OUT/config.yaml records, with OUT itself as output.dir; None when OUT has none."""
+        if not self.exists(CONFIG):
+            return None
+        try:
+            tree = yaml.safe_load(self.read_text(CONFIG))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            tree = None
+        if not isinstance(tree, dict):
+            raise LayerleakError(f"OUT {self.uri}/{CONFIG} is not a layerleak config; give the run's --config/--set")
+        tree.pop("hashes", None)
+        tree.setdefault("output", {})["dir"] = self.uri
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            yaml.safe_dump(tree, f)
+            f.flush()
+            try:
+                return load_config(f.name)
+            except LayerleakError as e:
+                raise LayerleakError(f"OUT {self.uri}/{CONFIG}: {str(e).replace(f.name, CONFIG)}; give the run's --config/--set") from None
+
     def prepare(self, cfg: Config) -> dict[str, str]:
         """Create OUT, refuse a config whose stages differ from outputs already there, save config.yaml."""
         self.mkdir()

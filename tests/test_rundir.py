@@ -10,6 +10,7 @@ import ast
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,6 +229,18 @@ def test_report_only_reads_and_names_the_command_that_makes_what_is_missing(tiny
     assert _snapshot(out) == before
 
 
+def test_report_without_config_reads_the_config_out_records(tiny_run, tmp_path):
+    """'layerleak report --out X' alone reports X as it was made (its config.yaml), not the default config."""
+    out = tmp_path / "run"
+    subprocess.run(["cp", "-a", str(tiny_run), str(out)], check=True)
+    (out / "report.json").unlink()
+    proc = run_cli("report", "--out", str(out), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["dataset"]["name"] == "synthetic" and report["config"]["output"]["dir"] == str(out)
+    assert report["shapley"] == json.loads((out / "shapley.json").read_text()) and report["ignored"] == []
+
+
 # --- the lock ----------------------------------------------------------------------------------------
 
 HOLD = """
@@ -312,3 +325,73 @@ def test_lease_on_an_object_store(tmp_path):
 
 def test_new_run_ids_differ():
     assert len({new_run_id() for _ in range(100)}) == 100
+
+
+# --- two runs, one OUT; a killed driver -----------------------------------------------------------------
+
+def _table(folder: Path, keys: list[str]):
+    import pandas as pd
+
+    return pd.read_parquet(folder).sort_values(keys).reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_two_configs_started_together_on_one_out(tiny_run, tmp_path):
+    """seed=0 and seed=1 started at once into one OUT: one is refused with one line naming the holder, and OUT
+    ends equal to a clean run of the config it holds (the issue found seed 0's features under seed 1's sweep)."""
+    import numpy as np
+
+    from helpers import cli_cmd
+
+    out = tmp_path / "run"
+    procs = {seed: subprocess.Popen(cli_cmd("sweep", *tiny_args(out, f"seed={seed}")), cwd=ROOT, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in (0, 1)}
+    done = {seed: (*p.communicate(timeout=600), p.returncode) for seed, p in procs.items()}
+    refused = [seed for seed, (_, _, rc) in done.items() if rc == 2]
+    assert len(refused) == 1, {s: (rc, err[-1500:]) for s, (_, err, rc) in done.items()}
+    loser, winner = refused[0], 1 - refused[0]
+    assert done[winner][2] == 0, done[winner][1][-2000:]
+    err = done[loser][1].strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(rf"layerleak: error: OUT {out} is being written by another layerleak run \w+ "
+                                          rf"\(pid {procs[winner].pid} on host \S+, since .+\); wait for it to finish, or "
+                                          rf"choose another --out", err[0]), err
+
+    clean = tiny_run
+    if winner == 1:
+        clean = tmp_path / "clean"
+        proc = run_cli("sweep", *tiny_args(clean, "seed=1"))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = __import__("yaml").safe_load((out / "config.yaml").read_text())
+    assert saved["seed"] == winner
+    got, want = _table(out / "features", ["sample_id"]), _table(clean / "features", ["sample_id"])
+    assert list(got.columns) == list(want.columns) and got["sample_id"].tolist() == want["sample_id"].tolist()
+    np.testing.assert_allclose(got.drop(columns=["member"]).to_numpy(float), want.drop(columns=["member"]).to_numpy(float),
+                               rtol=1e-6, atol=1e-9)
+    got, want = _table(out / "sweep", ["repeat", "coalition"]), _table(clean / "sweep", ["repeat", "coalition"])
+    assert got[["repeat", "coalition"]].equals(want[["repeat", "coalition"]])
+    np.testing.assert_allclose(got.to_numpy(float), want.to_numpy(float), rtol=1e-9)
+    assert json.loads((out / "shapley.json").read_text())["config_hash"] == json.loads((clean / "shapley.json").read_text())["config_hash"]
+
+
+def test_a_lock_left_by_a_sigkilled_driver_is_taken_over(tiny_run, tmp_path):
+    """SIGKILL the driver's process group in the middle of extraction; the same command again takes OUT over
+    (the kernel released the lock) and completes, keeping the finished parts."""
+    from helpers import cli_cmd, copy_run
+
+    out = tmp_path / "run"
+    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    args = tiny_args(out, "features.batch_size=1")  # a result-free setting: same hash, slower extraction
+    proc = subprocess.Popen(cli_cmd("extract", *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    start = time.time()
+    while not list(out.glob("features/part-*.parquet")):
+        assert proc.poll() is None and time.time() - start < 240, "no part written before the run ended"
+        time.sleep(0.05)
+    first = read_holder(RunDir(str(out)))
+    assert first["pid"] == proc.pid
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = run_cli("extract", *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "reused" in rerun.stdout and len(list((out / "features").glob("part-*.parquet"))) == 5
+    assert (out / MARKER).is_file() and read_holder(RunDir(str(out))) is None  # released at the end
