@@ -38,6 +38,7 @@ from mia_tasks.uncertainty import (
     weighted_auc,
 )
 from mia_tasks.uncertainty.bootstrap import linear_metric, resampling
+from mia_tasks.uncertainty.crossfit import training_rows
 
 
 def _labels(n: int, seed: int = 0) -> np.ndarray:
@@ -89,8 +90,23 @@ def test_crossfit_scores_no_sample_with_a_model_that_saw_it():
     cf = crossfit_attack(_SpyAttack, data, k=4, repeats=2, seed=1)
     assert cf.folds.shape == (2, len(data)) and len(_SpyAttack.fitted) == 8
     for r in range(2):
-        for j in range(4):  # each fold's model was fitted on exactly the other folds
-            assert _SpyAttack.fitted[4 * r + j] == set(data.sample_ids[cf.folds[r] != j].tolist())
+        for j in range(4):  # each fold's model was fitted on exactly its training folds, j+1 (mod 4) by default
+            assert _SpyAttack.fitted[4 * r + j] == set(data.sample_ids[cf.folds[r] == (j + 1) % 4].tolist())
+    _SpyAttack.fitted = []
+    crossfit_attack(_SpyAttack, data, k=4, seed=1, training_folds=3)
+    for j in range(4):  # the textbook design: every other fold
+        assert _SpyAttack.fitted[j] == set(data.sample_ids[cf.folds[0] != j].tolist())
+
+
+@pytest.mark.parametrize("k", [3, 5, 8])
+def test_default_training_folds_are_non_reciprocal(k):
+    folds = np.arange(k)
+    trains = np.array([[training_rows(folds, j, k)[i] for i in range(k)] for j in range(k)])  # trains[j, i]: fold i trains j
+    assert not trains.diagonal().any() and not (trains & trains.T).any()
+    assert trains.sum(axis=1).tolist() == [(k - 1) // 2] * k
+    assert training_rows(folds, 0, k, k - 1).tolist() == [False] + [True] * (k - 1)
+    with pytest.raises(LayerleakError, match="training_folds"):
+        training_rows(folds, 0, k, k)
 
 
 class _Memoriser:
@@ -118,7 +134,7 @@ def test_crossfit_attack_matches_a_fold_by_fold_reference():
     cf = crossfit_attack(lambda: LogisticAttack(C=0.5, transform="signed-log", tol=1e-8), data, k=3, seed=2)
     for j in range(3):
         test = cf.folds[0] == j
-        ref = LogisticAttack(C=0.5, transform="signed-log", tol=1e-8).fit(data.subset(~test))
+        ref = LogisticAttack(C=0.5, transform="signed-log", tol=1e-8).fit(data.subset(training_rows(cf.folds[0], j, 3)))
         np.testing.assert_allclose(cf.scores[test], ref.score(data.subset(test)))
     assert np.array_equal(cf.correct, (cf.scores >= 0) == data.y.astype(bool))
 
@@ -127,7 +143,8 @@ def test_crossfit_coalitions_match_sklearn_with_transforms_fitted_in_training_fo
     data = _data(n=160, d=6, seed=4)
     X, y = data.X, data.y
     cols = [[0, 1], [2, 3, 4], [0, 1, 2, 3, 4, 5]]
-    cc = crossfit_coalitions(X, y, cols, k=4, seed=5, transform="signed-log")
+    cc = crossfit_coalitions(X, y, cols, k=4, seed=5, transform="signed-log", training_folds=3, keep_models=True)
+    assert [m["fold"] for m in cc.models] == [0, 1, 2, 3] and cc.models[0]["coef"].shape == (3, 6)
     assert cc.scores.dtype == np.float32 and cc.scores.shape == (3, 160) and cc.packed.shape == (3, 20)
     ref = np.empty((3, 160))
     leaky = np.empty((3, 160))
@@ -326,9 +343,9 @@ def test_ranking_stability():
 def test_calibration_bench_smoke(capsys):
     from flows.bench import calibration
 
-    assert calibration.main(["--json", "--quick", "--audits", "2"]) == 0
+    assert calibration.main(["--json", "--quick", "--audits", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in ("shapley_coverage", "auc_coverage", "null_detected_rate", "null_player_flag_rate"):
         assert 0.0 <= out[key] <= 1.0
-    assert out["audits"] == 2 and out["detail"]["shapley_coverage"]["n"] == 8
+    assert out["audits"] == 1 and out["detail"]["shapley_coverage"]["n"] == 4
     assert calibration.main(["--audits", "0"]) == 2

@@ -1,9 +1,19 @@
 """Cross-fitting: every audited sample is scored once, by an attack that never saw it.
 
 The audited pool is split into k folds, balanced by membership and drawn from the seed. The attack
-for fold j is fitted on the other k-1 folds — every fitted piece inside it too: the signed-log
-medians, the scaler, the weights, the threshold — and scores fold j only. Every metric then uses
-all n audited samples.
+for fold j is fitted on training folds that exclude j — every fitted piece inside it too: the
+signed-log medians, the scaler, the weights, the threshold — and scores fold j only. Every metric
+then uses all n audited samples.
+
+Which folds train fold j's attack: folds j+1, ..., j+t (mod k), ``t = training_folds``. The
+default t = (k-1)//2 is *non-reciprocal*: if fold j' trains the attack of fold j, fold j does not
+train the attack of fold j'. With t = k-1 (every other fold, the textbook design) sample i's correctness depends on
+sample l through i's attack and l's on i through l's, both through the product of their labels, so
+correctness is positively correlated across samples and a bootstrap over samples is too narrow.
+Measured on null tables (features independent of membership; n=2,000, k=5, 12 features, 150
+audits each): spread of the cross-fitted AUC / bootstrap sd = 1.26 with t=4, 0.88 with t=2. The
+price is a smaller training set (2/5 of the pool instead of 4/5 at k=5; the seed study's
+attack-train half is 1/2).
 
 A *margin* is the attack's score minus its decision threshold, so whatever the attack a sample is
 predicted a member when its margin is >= 0, and it is *correct* when that prediction equals its
@@ -95,11 +105,20 @@ class CrossFit:
         return (self.scores >= 0) == self.y
 
 
+def training_rows(folds: np.ndarray, j: int, k: int, training_folds: int | None = None) -> np.ndarray:
+    """bool [n]: the rows that train fold j's attack, folds j+1 .. j+t (mod k); t defaults to (k-1)//2
+    (at least 1: with k=2 the two folds train each other)."""
+    t = max(1, (k - 1) // 2) if training_folds is None else int(training_folds)
+    if not 1 <= t <= k - 1:
+        raise LayerleakError(f"cross-fitting: training_folds must lie in [1, {k - 1}] with {k} folds, got {t}")
+    return np.isin(folds, (j + np.arange(1, t + 1)) % k)
+
+
 def crossfit_attack(make_attack: Callable[[], object], data: "AttackData", k: int = 5, repeats: int = 1,
-                    seed: int = 0) -> CrossFit:
+                    seed: int = 0, training_folds: int | None = None) -> CrossFit:
     """Out-of-fold margins of a project attack (``fit(AttackData)``, ``score``, ``threshold_``).
 
-    ``make_attack()`` builds a fresh, unfitted attack per fold; it only ever sees the training folds.
+    ``make_attack()`` builds a fresh, unfitted attack per fold; it only ever sees its training folds.
     """
     y = check_membership(data.y)
     if repeats < 1:
@@ -109,7 +128,7 @@ def crossfit_attack(make_attack: Callable[[], object], data: "AttackData", k: in
     for r in range(repeats):
         for j in range(k):
             test = folds[r] == j
-            attack = make_attack().fit(data.subset(~test))
+            attack = make_attack().fit(data.subset(training_rows(folds[r], j, k, training_folds)))
             total[test] += margin(attack.score(data.subset(test)), float(attack.threshold_))
     return CrossFit(total / repeats, y, folds)
 
@@ -120,13 +139,17 @@ class CoalitionCrossFit:
 
     ``scores`` float32 [K, n] out-of-fold margins (log-odds; mean over repeats); ``packed`` uint8
     [K, ceil(n/8)] = ``np.packbits(correct, axis=1)``; ``y`` [n] bool; ``folds`` int8 [R, n].
-    Row i belongs to the i-th coalition given.
+    Row i belongs to the i-th coalition given. ``models`` (only with ``keep_models``): per repeat
+    and fold, {"repeat", "fold", "train" (bool [n]), "coef" [K, D], "intercept" [K]} — coef on
+    the training rows' transformed, standardised features — so a simulation can score the
+    population with the very attacks the audit fitted.
     """
 
     scores: np.ndarray
     packed: np.ndarray
     y: np.ndarray
     folds: np.ndarray
+    models: list | None = None
 
     def correct(self) -> np.ndarray:
         """bool [K, n], unpacked."""
@@ -145,7 +168,8 @@ def unpack_correct(packed: np.ndarray, n: int) -> np.ndarray:
 
 def crossfit_coalitions(X: np.ndarray, y: np.ndarray, coalition_cols: Sequence[Sequence[int]] | np.ndarray,
                         k: int = 5, repeats: int = 1, seed: int = 0, C: float = 1.0, transform: str = "none",
-                        device: str = "cpu", **fit_options) -> CoalitionCrossFit:
+                        device: str = "cpu", training_folds: int | None = None, keep_models: bool = False,
+                        **fit_options) -> CoalitionCrossFit:
     """Out-of-fold logistic-attack margins of every coalition, with the project's batched fitter.
 
     Per fold: ``transform`` (signed-log medians) fitted on the training folds, then
@@ -164,12 +188,16 @@ def crossfit_coalitions(X: np.ndarray, y: np.ndarray, coalition_cols: Sequence[S
     mask = coalition_mask(coalition_cols, X.shape[1])
     folds = np.stack([stratified_folds(y, k, seed, r) for r in range(repeats)])
     total = np.zeros((mask.shape[0], y.size), dtype=np.float32)
+    models = [] if keep_models else None
     for r in range(repeats):
         for j in range(k):
             test = folds[r] == j
-            Xt, Xe = fit_transform_pair(X[~test], X[test], transform)
-            fit = fit_coalitions(Xt, y[~test], Xe, y[test], mask, C=C, device=device, return_params=True, **fit_options)
+            train = training_rows(folds[r], j, k, training_folds)
+            Xt, Xe = fit_transform_pair(X[train], X[test], transform)
+            fit = fit_coalitions(Xt, y[train], Xe, y[test], mask, C=C, device=device, return_params=True, **fit_options)
             _, Ze = standardise(Xt, Xe)
             total[:, test] += (fit["coef"] @ Ze.T + fit["intercept"][:, None]).astype(np.float32)
+            if keep_models:
+                models.append({"repeat": r, "fold": j, "train": train, "coef": fit["coef"], "intercept": fit["intercept"]})
     scores = total / np.float32(repeats)
-    return CoalitionCrossFit(scores, pack_correct(scores, y), y, folds)
+    return CoalitionCrossFit(scores, pack_correct(scores, y), y, folds, models)
