@@ -15,10 +15,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A synthetic run small enough for unit tests: 4 classes of 8x8 images, a small CNN, 2 repeats.
+# A synthetic run small enough for unit tests: 4 classes of 8x8 images, a small CNN, 120 audited samples.
 TINY = [
     "dataset.name=synthetic", "dataset.synthetic_train=240", "dataset.synthetic_test=80",
-    "split.members=60", "split.nonmembers=60", "split.attack_train=30", "split.attack_eval=30", "split.repeats=2",
+    "split.members=60", "split.nonmembers=60",
     "train.epochs=15", "train.batch_size=16", "features.shard_size=25", "features.batch_size=32",
     "ray.num_cpus=2", "ray.extract_actors=2", "ray.fit_actors=2", "sweep.chunk_size=4", "attack.C=1.0",
 ]
@@ -38,14 +38,14 @@ def cli_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the ``layerleak`` command as a user would (joining the test cluster when one is up)."""
-    full_env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     return subprocess.run(cli_cmd(*args), check=False, capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout)
 
 
 def popen(*args: str) -> subprocess.Popen:
     """Start the ``layerleak`` command in the background (stdout and stderr merged), e.g. to kill it mid-stage."""
     return subprocess.Popen(cli_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+                            env=dict(os.environ))
 
 
 def copy_run(src: Path, dst: Path, keep: list[str]) -> None:
