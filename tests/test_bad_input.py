@@ -3,17 +3,22 @@ nothing computed before lost. (Config and dataset mistakes caught before any wor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from helpers import copy_run, run_cli, tiny_args
+from helpers import ROOT, cli_cmd, copy_run, run_cli, tiny_args
+from mia_tasks.errors import one_line
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -119,3 +124,197 @@ def test_more_fitters_than_cpus_is_capped_not_a_hang(tiny_run, ray_head, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep: ray.fit_actors=4 but the cluster has 2 CPUs; starting 2 actors" in proc.stdout
     assert json.loads((out / "shapley.json").read_text()) == json.loads((tiny_run / "shapley.json").read_text())
+
+
+# --- issue 11's table of bad inputs: each one line, exit 2, OUT as it was ----------------------------------
+
+def _main(*argv: str) -> subprocess.CompletedProcess:
+    """The CLI's main() in this process, for errors found before any work (a subprocess costs 10-25 s of imports
+    on a busy machine); stdout and stderr captured as a subprocess's would be."""
+    from flows.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return subprocess.CompletedProcess(["layerleak", *argv], code, out.getvalue(), err.getvalue())
+
+
+def _whole_copy(tiny_run: Path, out: Path, keep: tuple[str, ...] = (".layerleak", "config.yaml", "splits.parquet", "target",
+                                                                   "features", "sweep", "shapley.json")) -> dict[str, str]:
+    """A copy of the tiny run (what a user has computed) and its snapshot."""
+    copy_run(tiny_run, out, [k for k in keep if (tiny_run / k).exists()])
+    return _snapshot(out)
+
+
+def _unchanged(out: Path, before: dict[str, str]) -> None:
+    after = {k: v for k, v in _snapshot(out).items() if k != ".lock"}  # the writer's lock file may stay, empty
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
+    _no_temporaries(out)
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["seed=-1"], "config seed: -1 is not allowed; expected a non-negative integer"),
+    (["train.momentum=1.5"], "config train.momentum: 1.5 is not allowed; expected a number in [0, 1)"),
+    (["train.momentum=banana"], "config train.momentum: 'banana' is not allowed; expected a number in [0, 1)"),
+    (["sweep.tol=-1"], "config sweep.tol: -1 is not allowed; expected a positive number"),
+    (["sweep.permutations=abc"], "config sweep.permutations: 'abc' is not allowed; expected a positive integer"),
+    (["ray.max_retries=-5"], "config ray.max_retries: -5 is not allowed; expected a non-negative integer"),
+])
+def test_bad_config_value(tiny_run, tmp_path, sets, needle):
+    out = tmp_path / "run"
+    before = _whole_copy(tiny_run, out)
+    config = (out / "config.yaml").read_text()
+    _one_error_line(_main("run", *tiny_args(out, *sets)), needle)
+    _unchanged(out, before)
+    assert (out / "config.yaml").read_text() == config  # refused before anything is written
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("- seed: 0\n- dataset: {name: digits}\n", "the top level must be a mapping of sections (seed, dataset, model"),
+    ("digits\n", "the top level must be a mapping of sections (seed, dataset, model"),
+    ("seed: 0\ntrain:\n  epochs: 3\n   lr: 0.1\n", "is not valid YAML: line 4, column 6: mapping values are not allowed here"),
+])
+def test_bad_config_file(tiny_run, tmp_path, text, needle):
+    out, config = tmp_path / "run", tmp_path / "mine.yaml"
+    before = _whole_copy(tiny_run, out)
+    config.write_text(text)
+    _one_error_line(_main("run", "--config", str(config), "--out", str(out)), f"config file {config}", needle)
+    _unchanged(out, before)
+
+
+def _image_folder(root: Path, n_train: int = 64, n_test: int = 10) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls in ("cat", "dog"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def image_run(ray_head, tmp_path_factory):
+    """Splits and a target made from a small image folder (JPEG files, 2 classes)."""
+    base = tmp_path_factory.mktemp("images")
+    folder, out = _image_folder(base / "set"), base / "run"
+    env = {"LAYERLEAK_CACHE": str(base / "cache")}
+    proc = run_cli("train", *tiny_args(out, "dataset.name=imagefolder", f"dataset.root={folder}", "train.epochs=3"), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder, out, env
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ("truncated", "cannot be decoded (Truncated File Read); it may be truncated or damaged: remove or replace it"),
+    ("not-an-image", "is not an image that Pillow can read; remove or replace it"),
+    ("other-size", "is 9x7 pixels, the other images are 8x8; resize or remove it"),
+    ("one-class", "has one class ('cat'); membership inference needs a classifier of at least 2 classes"),
+])
+def test_bad_image_folder(image_run, tmp_path, damage, needle):
+    from PIL import Image
+
+    folder, made, env = image_run
+    out, damaged = tmp_path / "run", tmp_path / "set"
+    before = _whole_copy(made, out)
+    shutil.copytree(folder, damaged)
+    bad = damaged / "train" / "dog" / "3.jpg"
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:300])
+    elif damage == "not-an-image":
+        bad.write_text("notes, not pixels\n")
+    elif damage == "other-size":
+        Image.fromarray(np.zeros((7, 9, 3), dtype=np.uint8)).save(bad)
+    else:
+        shutil.rmtree(damaged / "train" / "dog")
+        shutil.rmtree(damaged / "test" / "dog")
+    proc = run_cli("train", *tiny_args(out, "dataset.name=imagefolder", f"dataset.root={damaged}", "train.epochs=3"), env=env)
+    _one_error_line(proc, needle, *([] if damage == "one-class" else [str(bad)]))
+    _unchanged(out, before)  # the splits and target of the folder as it was are kept
+
+
+def _user_model(path: Path, body: str) -> str:
+    path.write_text("import torch\nfrom torch import nn\n\n" + body)
+    return f"model.arch={path}:make"
+
+
+def test_user_model_that_raises_on_import(tiny_run, tmp_path):
+    out = tmp_path / "run"
+    before = _whole_copy(tiny_run, out)
+    arch = _user_model(tmp_path / "mine.py", "raise ImportError('no module named fancy_layers\\n(installed in another env?)')\n")
+    proc = _main("run", *tiny_args(out, arch))
+    _one_error_line(proc, f"model.arch '{tmp_path / 'mine.py'}:make': importing {tmp_path / 'mine.py'} raised ImportError: "
+                          "no module named fancy_layers (installed in another env?)")
+    _unchanged(out, before)
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("def make(num_classes):\n    return 'a model'\n", "the factory returned str, not a torch.nn.Module"),
+    ("class Net(nn.Module):\n    def __init__(self, num_classes):\n        super().__init__()\n        self.fc = nn.Linear(64, num_classes)\n\n"
+     "    def forward(self, x):\n        raise RuntimeError('my layer broke\\nsee the log')\n\n\ndef make(num_classes):\n    return Net(num_classes)\n",
+     "failed: RuntimeError: my layer broke see the log"),
+])
+def test_user_model_failing_inside_a_ray_task(tiny_run, tmp_path, body, needle):
+    """Errors raised in the training task reach the user as one line (was a 53-line RayTaskError with colour codes)."""
+    out = tmp_path / "run"
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet"])
+    (out / "target").mkdir()
+    shutil.copy2(tiny_run / "target" / "members.parquet", out / "target" / "members.parquet")
+    before = _snapshot(out)
+    proc = run_cli("train", *tiny_args(out, _user_model(tmp_path / "mine.py", body)))
+    _one_error_line(proc, needle, *(["Ray task _t"] if "RuntimeError" in needle else []))
+    assert "\x1b[" not in proc.stderr
+    _unchanged(out, before)  # the splits kept, no model written
+
+
+@pytest.mark.parametrize("name", ["splits.parquet", "target/model.pt", "target/metrics.json"])
+def test_truncated_output_in_out_is_made_again(tiny_run, tmp_path, name):
+    """Derived data, like a truncated feature part: said in one whole line, made again, the same as before."""
+    out = tmp_path / "run"
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet", "target"])
+    whole = (out / name).read_bytes()
+    (out / name).write_bytes(whole[: len(whole) // 2])
+    proc = run_cli("train", *tiny_args(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [line for line in proc.stdout.splitlines() if "is damaged" in line]
+    assert len(said) == 1 and said[0].startswith(f"[layerleak] OUT/{name} is damaged (") and said[0].endswith("; making it again")
+    if name == "splits.parquet":  # the whole reason, not cut mid-sentence as it was
+        assert "Either the file is corrupted or this is not a parquet file." in said[0]
+    if name.endswith("metrics.json"):
+        made, old = json.loads((out / name).read_text()), json.loads(whole)
+        assert {k: made[k] for k in ("train_accuracy", "test_accuracy", "config_hash")} == \
+               {k: old[k] for k in ("train_accuracy", "test_accuracy", "config_hash")}
+    else:
+        assert (out / name).read_bytes() == whole  # deterministic: the same splits, the same trained weights
+
+
+def test_sigterm_ends_like_ctrl_c(tiny_run, tmp_path):
+    """SIGTERM to the driver mid-stage: one line and exit 143 (was Ray's C++ stack dump), finished outputs kept."""
+    out = tmp_path / "run"
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet"])
+    (out / "target").mkdir()
+    shutil.copy2(tiny_run / "target" / "members.parquet", out / "target" / "members.parquet")
+    before = _snapshot(out)
+    proc = subprocess.Popen(cli_cmd("train", *tiny_args(out, "train.epochs=100000")), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stdout:  # the splits are reused: next comes Ray
+            if line.startswith("[layerleak] splits:"):
+                break
+        time.sleep(3)  # into ray.init or the training task
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[-1] == "layerleak: terminated (SIGTERM); finished parts are kept, rerun the same command to resume", stderr[-3000:]
+    assert "SIGTERM received" not in stderr and "PC: @" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    _unchanged(out, before)
+
+
+def test_one_line_keeps_long_messages_whole():
+    long = "Parquet magic bytes not found in footer. Either the file is corrupted or this is not a parquet file.\n" * 3
+    assert one_line(ValueError(long)) == " ".join(long.split()) and one_line(RuntimeError()) == "RuntimeError"
+    assert one_line("\x1b[36mray::task()\x1b[39m failed\n  at line 3") == "ray::task() failed at line 3"
