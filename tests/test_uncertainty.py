@@ -34,6 +34,7 @@ from mia_tasks.uncertainty import (
     stratified_weights,
     tpr_at_fpr_entry,
     unpack_correct,
+    value_entries,
     verdicts,
     weighted_auc,
 )
@@ -242,6 +243,9 @@ def test_bootstrap_sweep_equals_a_loop_with_sklearn_and_exact_shapley():
             got_phi = sb.shapley if b is None else sb.shapley_replicates[b]
             np.testing.assert_allclose(got_v, table, rtol=1e-6)
             np.testing.assert_allclose(got_phi, exact_shapley(table), atol=1e-6)
+    rows = value_entries(sb)
+    assert [r["coalition"] for r in rows] == list(range(8)) and rows[5]["value"] == sb.values[5]
+    assert rows[5]["ci95"] == list(np.quantile(sb.replicates[:, 5], [0.025, 0.975])) and rows[5]["n"] == n
     with pytest.raises(LayerleakError, match="exactly once"):
         bootstrap_sweep(np.packbits(correct[1:], axis=1), masks[1:], y, L)
 

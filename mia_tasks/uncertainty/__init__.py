@@ -14,7 +14,7 @@ Every number is ``{"value", "ci95": [lo, hi], "n", "resampling"}``.
 """
 
 from .bootstrap import (SweepBootstrap, bootstrap_metrics, bootstrap_p_value, bootstrap_sweep, percentile_interval,
-                        shapley_weight_matrix, stratified_weights, weighted_auc)
+                        shapley_weight_matrix, stratified_weights, value_entries, weighted_auc)
 from .crossfit import (CoalitionCrossFit, CrossFit, crossfit_attack, crossfit_coalitions, pack_correct,
                        stratified_folds, unpack_correct)
 from .lowfpr import clopper_pearson, min_nonmembers, tpr_at_fpr_entry
@@ -26,5 +26,5 @@ __all__ = [
     "bootstrap_sweep", "clopper_pearson", "combine_targets", "crossfit_attack", "crossfit_coalitions", "holm",
     "leakage_verdict", "min_nonmembers", "pack_correct", "params_depth_test", "percentile_interval",
     "player_verdicts", "ranking_stability", "shapley_weight_matrix", "stratified_folds", "stratified_weights",
-    "tpr_at_fpr_entry", "unpack_correct", "verdicts", "weighted_auc",
+    "tpr_at_fpr_entry", "unpack_correct", "value_entries", "verdicts", "weighted_auc",
 ]

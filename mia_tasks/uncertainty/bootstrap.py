@@ -227,3 +227,9 @@ def bootstrap_sweep(packed: np.ndarray, masks: np.ndarray, y: np.ndarray, n_play
         reps[:, 0], values[0] = linear_metric(W, e, y, metric)[:, 0], linear_metric(ones, e, y, metric)[0, 0]
     M = shapley_weight_matrix(n_players)
     return SweepBootstrap(values, reps, values @ M, reps @ M, y.size, metric, resampling(y, B, seed))
+
+
+def value_entries(sb: SweepBootstrap) -> list[dict]:
+    """Every v(S) with its interval, for report.json: [{"coalition": S, "value", "ci95", "n", "resampling"}]."""
+    ci = percentile_interval(sb.replicates)
+    return [{"coalition": int(S), **entry(sb.values[S], ci[:, S], sb.n, sb.resampling)} for S in range(sb.values.size)]
