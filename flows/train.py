@@ -5,21 +5,24 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import ray
+import torch
+from tqdm import tqdm
 
 from mia_tasks.config import Config
 from mia_tasks.data import ImageData, load_dataset
 from mia_tasks.rundir import MEMBERS, SPLITS, TARGET_METRICS, RunDir, is_current, stamp
 from mia_tasks.splits import Splits, make_splits
 from mia_tasks.target import build_target, load_target, save_target, saved_state
-from mia_tasks.train import accuracy, resolve_device, train_target
+from mia_tasks.train import correct_batches, for_inference, train_epochs
 
 from .progress import interactive
-from .runtime import init_ray, remote_errors, stage, stage_gpus
+from .runtime import held_device, init_ray, remote_errors, stage, stage_gpus
 
 
 def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits:
@@ -36,63 +39,115 @@ def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits
 
 
 @ray.remote
-def _train_task(cfg: Config, out: str, member_ids: np.ndarray, bar: bool) -> dict:
-    """Train and save the target; progress as a bar on the driver's terminal (``bar``), else a line per
-    tenth of the epochs (a bar would make one endless line in a log)."""
-    rd = RunDir(out)
+def _target_task(cfg: Config, rd: RunDir, member_ids: np.ndarray, state: dict | None, gpu: bool) -> Iterator[dict]:
+    """Train and save the target (``state`` None) or load a pretrained ``state``, then measure its accuracy on
+    the members and the test split, batched in inference mode.
+
+    A Ray generator: it yields progress events and last its metrics, so the driver prints every progress line
+    itself, in order, before the stage's summary (a task's own prints reach the driver asynchronously, after it).
+    """
     data = load_dataset(cfg.dataset)
     model = build_target(cfg, data)
-    epochs = cfg.train.epochs
-    if bar:
-        from ray.experimental.tqdm_ray import tqdm
-
-        tq = tqdm(total=epochs, desc="train target")
-
-        def progress(done: int, loss: float) -> None:
-            tq.update(1)
-            tq.set_description(f"train target (loss {loss:.3f})")
+    device = torch.device(held_device(gpu))
+    start = time.perf_counter()
+    if state is None:
+        for done, loss in train_epochs(model, data, member_ids, cfg.train, cfg.seed, device):
+            yield {"phase": "train target", "done": done, "total": cfg.train.epochs, "loss": loss}
+        save_target(model, rd)
     else:
-        every = max(1, epochs // 10)
+        model.load_state_dict(state)
+        model.to(device)
+    trained = time.perf_counter()
+    x, y = data.images(member_ids)
+    fast, fmt = for_inference(model, data.normalise(data.test_x[:8].to(device)))
+    total, done, acc = len(y) + len(data.test_y), 0, {}
+    for key, xs, ys in (("train_accuracy", x, y), ("test_accuracy", data.test_x, data.test_y)):
+        hits = 0
+        for n, correct in correct_batches(fast, data, xs, ys, device, memory_format=fmt):
+            done, hits = done + n, hits + correct
+            yield {"phase": "measure target", "done": done, "total": total}
+        acc[key] = hits / max(1, len(ys))
+    yield {"metrics": {**acc, "members": len(y), "test_size": len(data.test_y), "epochs": 0 if state is not None else cfg.train.epochs,
+                       "device": str(device), "wall_s": round(trained - start, 2),
+                       "measure_s": round(time.perf_counter() - trained, 2)}}
 
-        def progress(done: int, loss: float) -> None:
-            if done % every == 0 or done == epochs:
-                print(f"[layerleak] train target: epoch {done}/{epochs}, loss {loss:.3f}", flush=True)
 
-    metrics = train_target(model, data, member_ids, cfg.train, cfg.seed, progress)
-    if bar:
-        tq.close()
-    save_target(model, rd)
-    return metrics
+def _items(events: ray.ObjectRefGenerator) -> Iterator[dict]:
+    """A Ray generator's items as they come, waited for in short steps: a blocking wait for the next item runs
+    in Ray's C++ code, where Ctrl-C is not seen until the item arrives (minutes for a slow batch)."""
+    while True:
+        ready, _ = ray.wait([events], timeout=0.5)
+        if ready:
+            try:
+                ref = next(events)
+            except StopIteration:
+                return
+            yield ray.get(ref)
+
+
+def _follow(events: ray.ObjectRefGenerator) -> dict:
+    """Show a ``_target_task``'s progress as it comes (a bar per phase on a terminal, a line per tenth of each
+    phase in a log) and return its metrics."""
+    bar, phase, last = None, None, 0
+    try:
+        for event in _items(events):
+            if "metrics" in event:
+                return event["metrics"]
+            done, total = event["done"], event["total"]
+            if event["phase"] != phase:
+                if bar is not None:
+                    bar.close()
+                phase, last, start, every = event["phase"], 0, time.perf_counter(), max(1, total // 10)
+                unit = "epoch" if "loss" in event else "image"
+                bar = tqdm(total=total, desc=phase, unit=unit) if interactive() else None
+            if bar is not None:
+                bar.update(done - bar.n)
+                if "loss" in event:
+                    bar.set_postfix(loss=f"{event['loss']:.3f}")
+            elif done // every > last // every or done == total:
+                what = (f"epoch {done}/{total}, loss {event['loss']:.3f}" if "loss" in event else
+                        f"{done}/{total} images, {time.perf_counter() - start:.0f}s")
+                print(f"[layerleak] {phase}: {what}", flush=True)
+            last = done
+    finally:
+        if bar is not None:
+            bar.close()
+    raise RuntimeError("the target task ended without its metrics")
+
+
+def _measure_cpus(gpu: int) -> int:
+    """CPUs for measuring a pretrained target: one beside a GPU, else a whole node's (Ray gives a task as many
+    threads as CPUs, and nothing else runs during this stage)."""
+    if gpu:
+        return 1
+    return max([int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]] + [1])
 
 
 def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: Splits) -> dict:
-    """Train the target (or measure a pretrained one); OUT/target/metrics.json; skipped when already made."""
+    """Train the target (or measure a pretrained one) in a Ray task, on a GPU where the cluster has one;
+    OUT/target/metrics.json; skipped when already made."""
     metrics = rd.read_derived(TARGET_METRICS, rd.read_json)  # None when missing or damaged: the target is made again
     if is_current(metrics, "target", hashes) and (cfg.model.checkpoint or saved_state(rd) is not None):
         print(f"[layerleak] target: reusing {rd.uri}/target (train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f})")
         return metrics
-    if cfg.model.checkpoint:
-        model = load_target(cfg, rd, data)
-        device = resolve_device(cfg.train.device)
-        model.to(device)
-        x, y = data.images(splits.target_members)
-        metrics = {"train_accuracy": accuracy(model, data, x, y, device),
-                   "test_accuracy": accuracy(model, data, data.test_x, data.test_y, device),
-                   "members": int(len(y)), "test_size": int(len(data.test_y)), "epochs": 0,
-                   "checkpoint": cfg.model.checkpoint, "device": str(device), "wall_s": 0.0}
-    else:
-        init_ray(cfg.ray)
-        gpu = 1 if stage_gpus("train.device", cfg.train.device) else 0
-        # the task trains on CUDA only when it holds the GPU (train.device is not part of the target's hash)
-        task_cfg = replace(cfg, train=replace(cfg.train, device="cuda" if gpu else "cpu"))
-        with remote_errors():
-            task = _train_task.options(num_gpus=gpu, max_retries=cfg.ray.max_retries)
-            metrics = ray.get(task.remote(task_cfg, rd, splits.target_members, interactive()))
+    # a pretrained checkpoint is read here, so a file that does not fit fails before any Ray work
+    state = load_target(cfg, rd, data).state_dict() if cfg.model.checkpoint else None
+    init_ray(cfg.ray)
+    gpu = 1 if stage_gpus("train.device", cfg.train.device) else 0
+    # training keeps one CPU (its results depend on the thread count); measuring takes what is free
+    cpus = _measure_cpus(gpu) if state is not None else 1
+    task = _target_task.options(num_gpus=gpu, num_cpus=cpus, max_retries=cfg.ray.max_retries)
+    with remote_errors():
+        metrics = _follow(task.remote(cfg, rd, splits.target_members, state, bool(gpu)))
+    if state is not None:
+        metrics["checkpoint"] = cfg.model.checkpoint
     metrics.update(**stamp("target", hashes), dataset=cfg.dataset.name, arch=cfg.model.arch,
                    overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
     rd.write_json(TARGET_METRICS, metrics)
+    how = f"pretrained, {cfg.model.checkpoint}" if state is not None else f"{metrics['epochs']} epochs in {metrics['wall_s']}s"
     print(f"[layerleak] target: train acc {metrics['train_accuracy']:.3f}, test acc {metrics['test_accuracy']:.3f} "
-          f"({metrics['members']} members, {metrics['epochs']} epochs, {metrics['wall_s']}s)")
+          f"({metrics['members']} members, {how}; accuracy of {metrics['members'] + metrics['test_size']} images "
+          f"in {metrics['measure_s']}s on {metrics['device']})", flush=True)
     return metrics
 
 

@@ -37,7 +37,7 @@ def test_bad_input_one_line_nonzero_nothing_half_written(tmp_path, sets, needle)
         args += ["--set", s]
     proc = run_cli(*args)
     _one_error_line(proc, needle)
-    assert set(_files(out)) <= {"config.yaml"}  # at most the resolved config, written whole
+    assert set(_files(out)) <= {"config.yaml", ".layerleak", ".lock"}  # at most the resolved config (whole), marker and lock
     assert not [f for f in _files(tmp_path) if f.endswith(".tmp")]
 
 
