@@ -211,29 +211,31 @@ def _decode(item: _ImageFile) -> np.ndarray:
 
 def imagefolder_fingerprint(root: Path) -> str:
     """The image folder's identity: every file's relative path, size and mtime (an archive's own size and mtime),
-    so a changed, added or removed image gives another fingerprint and the folder is decoded again."""
-    digest = hashlib.sha256()
+    so a changed, added or removed image gives another fingerprint and the folder is decoded again.
+    os.scandir, not pathlib: 60,000 files in about a second instead of ten."""
     if root.is_file():
         st = root.stat()
-        digest.update(f"archive:{st.st_size}:{st.st_mtime_ns}".encode())
-    else:
-        for split in ("train", "test"):
-            for path in sorted((root / split).rglob("*")):
-                if path.is_file():
-                    st = path.stat()
-                    digest.update(f"{path.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+        return hashlib.sha256(f"archive:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    lines: list[str] = []
+
+    def walk(folder: str, rel: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = f"{rel}/{entry.name}"
+                if entry.is_dir():
+                    walk(entry.path, name)
+                elif entry.is_file():
+                    st = entry.stat()
+                    lines.append(f"{name}\0{st.st_size}\0{st.st_mtime_ns}")
+
+    for split in ("train", "test"):
+        if (root / split).is_dir():
+            walk(str(root / split), split)
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:16]
 
 
 def _imagefolder(cfg) -> tuple:
     root = _require_root("imagefolder", cfg.root)
-    cache = Path(os.environ.get("LAYERLEAK_CACHE", Path.home() / ".cache" / "layerleak")) / f"imagefolder-{imagefolder_fingerprint(root)}.npz"
-    if cache.is_file():
-        try:
-            z = np.load(cache)
-            return z["train_x"], z["train_y"], z["test_x"], z["test_y"], int(z["classes"])
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # a damaged cache file: decode again and replace it
     entries = _imagefolder_entries(root)
     splits = {split: [f for f in entries if f.split == split] for split in ("train", "test")}
     if not splits["train"] or not splits["test"]:
@@ -256,11 +258,28 @@ def _imagefolder(cfg) -> tuple:
         x = np.stack(images[split]).transpose(0, 3, 1, 2)
         y = np.asarray([index[f.label] for f in items], dtype=np.int64)
         out += [np.ascontiguousarray(x), y]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, train_x=out[0], train_y=out[1], test_x=out[2], test_y=out[3], classes=len(classes))
-    os.replace(tmp, cache)
     return (*out, len(classes))
+
+
+def _cache_path(name: str, fingerprint: str) -> Path:
+    return Path(os.environ.get("LAYERLEAK_CACHE", Path.home() / ".cache" / "layerleak")) / f"{name}-{fingerprint}.npz"
+
+
+def _read_cache(path: Path) -> tuple | None:
+    """The decoded arrays of a dataset with this content, or None (absent, or damaged: then decoded again)."""
+    try:
+        with np.load(path) as z:
+            return z["train_x"], z["train_y"], z["test_x"], z["test_y"], int(z["classes"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+
+
+def _write_cache(path: Path, arrays: tuple) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    train_x, train_y, test_x, test_y, classes = arrays
+    np.savez(tmp, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=classes)
+    os.replace(tmp, path)
 
 
 def _synthetic(cfg) -> tuple:
@@ -301,7 +320,14 @@ def load_dataset(cfg) -> ImageData:
     """Load the configured dataset once into uint8 tensors; bad roots raise LayerleakError."""
     if cfg.name not in DATASETS:
         raise LayerleakError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
-    train_x, train_y, test_x, test_y, classes = DATASETS[cfg.name](cfg)
+    fingerprint = dataset_fingerprint(cfg)
+    cache = _cache_path(cfg.name, fingerprint) if fingerprint else None  # decoded once per content
+    arrays = _read_cache(cache) if cache is not None and cache.is_file() else None
+    if arrays is None:
+        arrays = DATASETS[cfg.name](cfg)
+        if cache is not None:
+            _write_cache(cache, arrays)
+    train_x, train_y, test_x, test_y, classes = arrays
     channels = train_x.shape[1]
     mean, std = NORMALISATION.get(cfg.name, ((0.5,) * channels, (0.25,) * channels))
     mean = tuple(cfg.mean) if cfg.mean is not None else mean
@@ -310,4 +336,4 @@ def load_dataset(cfg) -> ImageData:
         raise LayerleakError(f"dataset.mean/std need {channels} value(s) for {cfg.name!r}, got {len(mean)}/{len(std)}")
     t = lambda a, dt: torch.from_numpy(np.array(a, copy=True)).to(dt)
     return ImageData(cfg.name, t(train_x, torch.uint8), t(train_y, torch.int64), t(test_x, torch.uint8),
-                     t(test_y, torch.int64), int(classes), mean, std, dataset_fingerprint(cfg))
+                     t(test_y, torch.int64), int(classes), mean, std, fingerprint)
