@@ -13,7 +13,7 @@ the loss-threshold baseline) before its report; ``layerleak attack`` makes them 
 from __future__ import annotations
 
 from mia_tasks.config import ATTACK_SETTINGS, Config, attack_settings
-from mia_tasks.errors import LayerleakError
+from mia_tasks.errors import LayerleakError, one_line
 from mia_tasks.experiments import experiment_settings
 from mia_tasks.report import build_report, headline_text, make_plots, render_html, render_markdown
 from mia_tasks.rundir import (ATTACKS, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
@@ -42,7 +42,7 @@ def _feature_layers(rd: RunDir, hashes: dict) -> dict:
         try:
             metas.append(rd.parquet_metadata(f"{FEATURES}/{name}"))
         except (OSError, ValueError) as e:
-            raise LayerleakError(f"OUT {rd.uri}/{FEATURES}/{name} is unreadable ({str(e).splitlines()[0]}); "
+            raise LayerleakError(f"OUT {rd.uri}/{FEATURES}/{name} is unreadable ({one_line(e)}); "
                                  f"run 'layerleak extract --out {rd.uri}' to recompute it") from None
     if not metas or not all(is_current(m, "features", hashes) for m in metas):
         raise _missing(rd, f"features ({FEATURES}/part-*.parquet)", "extract")
