@@ -17,7 +17,7 @@ from .signals import EXIT_SIGTERM, handle_sigterm, terminated
 
 from .bench import BENCHES
 
-STAGES = ("run", "train", "extract", "attack", "sweep", "report", "paper")
+STAGES = ("run", "train", "extract", "attack", "sweep", "report", "paper", "defend")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
         "sweep": "attack every coalition of layers, then exact Shapley values -> OUT/shapley.json",
         "report": "report.json, report.md, report.html and plots from what OUT holds",
         "paper": "the seed study's experiments (figures 3-6) on this config",
+        "defend": "train a defended target on the same members with the same recipe, audit it into OUT/defences/<name>/",
     }
     for name in STAGES:
         sp = sub.add_parser(name, help=helps[name], description=helps[name], epilog=KEYS_HELP)
@@ -49,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--attack", choices=("logistic", "nasr", "loss-threshold", "confidence-threshold"), help="default: attack.name")
             sp.add_argument("--layers", help="comma-separated layer names (default: all audited layers)")
             sp.add_argument("--features", help="comma-separated feature kinds among grad,out,loss (default: attack.kinds)")
+        if name == "defend":
+            sp.add_argument("--defence", help="dp-sgd, layer-dp or regularise (default: defence.name)")
+            sp.add_argument("--layers", help="layer-dp: comma-separated layers to protect (default: the top player by Shapley value)")
+            sp.add_argument("--epsilon", help="dp-sgd: the target ε (default: defence.epsilon)")
         if name == "paper":
             sp.add_argument("--experiment", default="all", choices=("groups-grad", "groups-out", "single-layer", "shapley", "all"))
             sp.add_argument("--attack", default="logistic", choices=("logistic", "nasr"))
@@ -162,6 +167,15 @@ def _bench(args: argparse.Namespace) -> int:
     return importlib.import_module(f"flows.bench.{args.what}").main(args.rest)
 
 
+def _defence_overrides(args: argparse.Namespace) -> list[str]:
+    """``defend``'s options as defence.* config keys, so they are validated like any key (one error line)."""
+    if args.command != "defend":
+        return []
+    pairs = (("name", args.defence), ("epsilon", args.epsilon),
+             ("layers", None if args.layers is None else "[" + ",".join(l.strip() for l in args.layers.split(",")) + "]"))
+    return [f"defence.{k}={v}" for k, v in pairs if v is not None]
+
+
 def _stage(args: argparse.Namespace) -> int:
     from mia_tasks.config import stage_hashes
     from mia_tasks.data import dataset_fingerprint
@@ -170,7 +184,7 @@ def _stage(args: argparse.Namespace) -> int:
 
     from .presets import load
 
-    overrides = list(args.set)
+    overrides = list(args.set) + _defence_overrides(args)
     if args.out:
         overrides.append(f"output.dir={args.out}")
     cfg = load(args.config, overrides)

@@ -97,6 +97,33 @@ def _run(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
         report_flow(cfg, rd, hashes)
 
 
+def _audit(cfg: Config, rd: RunDir, hashes: dict, args=None) -> None:
+    """The audit of the target OUT holds: features, sweep, the ROC plot's attacks and the report (a defence's
+    nested folder is audited by this, with the same stages as the main audit)."""
+    from .report import report_flow
+
+    splits, features = _sweep(cfg, rd, hashes, args)
+    with stage("attacks for the ROC plot"), threadpool_limits(1):
+        roc_attacks(cfg, rd, hashes, splits, features)
+    with stage("report"):
+        report_flow(cfg, rd, hashes)
+
+
+def _defend(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
+    """The audited target first (reused when OUT has it), then the defended target trained and audited into
+    OUT/defences/<name>/, then the main report, which compares them."""
+    from .defend import check_defence, defend_flow
+    from .report import report_flow
+
+    check_defence(cfg)
+    splits, features = _sweep(cfg, rd, hashes, args)
+    with stage("attacks for the ROC plot"), threadpool_limits(1):
+        roc_attacks(cfg, rd, hashes, splits, features)
+    defend_flow(cfg, rd, hashes, features, _audit)
+    with stage("report"):
+        report_flow(cfg, rd, hashes)
+
+
 STAGE_FUNCTIONS = {"train": _train, "extract": _extract, "attack": _attack, "sweep": _sweep, "run": _run,
-                   "paper": _paper, "report": _report}
+                   "paper": _paper, "report": _report, "defend": _defend}
 READERS = ("report",)  # commands that only read OUT: a shared lock, no marker or config.yaml written

@@ -15,9 +15,11 @@ from __future__ import annotations
 from mia_tasks.config import ATTACK_SETTINGS, Config, attack_settings
 from mia_tasks.errors import LayerleakError, one_line
 from mia_tasks.experiments import experiment_settings
+from mia_tasks.defences import DEFENDED_STAGES, SETTINGS, defence_hashes
 from mia_tasks.report import build_report, headline_text, make_plots, render_html, render_markdown
-from mia_tasks.rundir import (ATTACKS, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
-                              TARGET_METRICS, RunDir, is_current)
+from mia_tasks.report.defences import compare_defences
+from mia_tasks.rundir import (ATTACKS, DEFENCES, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
+                              TARGET_METRICS, RunDir, defence_dir, is_current)
 
 ROC_ATTACKS = ("logistic", "loss-threshold")  # the ROC plot's attack and its baseline
 
@@ -81,9 +83,29 @@ def gather(cfg: Config, rd: RunDir, hashes: dict) -> dict:
             "experiments": experiments, "attacks": attacks, "ignored": ignored}
 
 
+def gather_defences(rd: RunDir, hashes: dict) -> tuple[dict[str, dict], list[str]]:
+    """Each defence's report.json in OUT/defences/ made from this audit (its hashes are this config's extended by
+    the settings its target records), and the folders left out (another config, or not audited to the end)."""
+    found, stale = {}, []
+    for name in rd.subfolders(DEFENCES):
+        sub = rd.nested(defence_dir(name))
+        target, rep = _read(sub, TARGET_METRICS), _read(sub, REPORT_JSON)
+        settings = (target or {}).get("settings")
+        want = defence_hashes(hashes, settings) if isinstance(settings, dict) and settings.get("defence") in SETTINGS else None
+        if want and rep and all((rep.get("hashes") or {}).get(k) == want[k] for k in DEFENDED_STAGES):
+            found[name] = rep
+        else:
+            stale.append(f"{defence_dir(name)}/")
+    return found, stale
+
+
 def report_flow(cfg: Config, rd: RunDir, hashes: dict) -> dict:
     """Write report.json, the plots, report.md and report.html; print report.md's path and the headline table."""
     report = build_report(**gather(cfg, rd, hashes))
+    defences, stale = gather_defences(rd, hashes)
+    if defences:
+        report["defences"] = compare_defences(report, defences)
+    report["ignored"] = report.get("ignored", []) + stale
     lacking = [a for a in ROC_ATTACKS if a not in report["attacks"]]
     if lacking:
         print(f"[layerleak] report: no ROC plot: OUT holds no {' or '.join(lacking)} attack made with this config; "

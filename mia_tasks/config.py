@@ -167,6 +167,28 @@ class SweepConfig:
     device: str = field(default="auto", metadata=allow(choice(DEVICES)))
 
 
+def _defences() -> list[str]:
+    from .defences import DEFENCES
+
+    return list(DEFENCES)
+
+
+@dataclass
+class DefenceConfig:
+    """``layerleak defend``: a defended target trained on the same members with the same recipe, audited again."""
+    name: str = field(default="dp-sgd", metadata=allow(choice(_defences)))  # dp-sgd | layer-dp | regularise
+    epsilon: float = field(default=8.0, metadata=allow(POSITIVE))  # dp-sgd: the target ε
+    delta: float | None = field(default=None, metadata=allow(number(0, 1, lo_open=True, hi_open=True).or_null()))  # dp-sgd; None = 1/members
+    max_grad_norm: float = field(default=1.0, metadata=allow(POSITIVE))  # dp-sgd: per-sample clipping norm
+    per_layer_clipping: bool = field(default=False, metadata=allow(boolean()))  # dp-sgd: each layer to max_grad_norm/sqrt(#params tensors)
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # layer-dp: None = the top player(s) by Shapley value
+    top: int = field(default=1, metadata=allow(POSITIVE_INT))  # layer-dp: how many top players when layers is None
+    clip: float = field(default=1.0, metadata=allow(POSITIVE))  # layer-dp: per-sample clipping norm of the chosen layers
+    noise_multiplier: float = field(default=1.0, metadata=allow(number(0)))  # layer-dp: noise std / clip
+    weight_decay: float = field(default=0.01, metadata=allow(number(0)))  # regularise
+    epochs: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # regularise: early stopping; None = train.epochs
+
+
 @dataclass
 class RayConfig:
     address: str | None = field(default=None, metadata=allow(text("a Ray address host:port or ray://host:port").or_null()))  # None = RAY_ADDRESS or a new local instance
@@ -191,6 +213,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -324,7 +347,7 @@ def stage_hashes(cfg: Config, content: str = "") -> dict[str, str]:
         tree["dataset"]["content"] = content
     versioned = {**tree, **CODE_VERSIONS}
     out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
-    out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output")})
+    out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output", "defence")})  # defences: own hashes
     return out
 
 

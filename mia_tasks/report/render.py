@@ -7,6 +7,7 @@ import html
 import re
 from collections.abc import Sequence
 
+from .defences import defence_blocks
 from .plots import PLOTS
 from .stats import ALPHA, metric
 
@@ -70,6 +71,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
         for key in ("single_layer", "groups"):
             if PLOTS[key] in plots:
                 b.append(("img", PLOTS[key], key.replace("_", "-") + " experiments"))
+    b += defence_blocks(report)
+    if PLOTS["defences"] in plots:
+        b.append(("img", PLOTS["defences"], "utility versus leakage across defences"))
     if report.get("ignored"):
         b.append(("h", 2, "Left out"))
         b.append(("ul", [f"{x} (made by another config)" for x in report["ignored"]]))
