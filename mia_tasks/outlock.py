@@ -112,9 +112,12 @@ class WriterLock:
     def _renew(self) -> None:
         while not self.stop.wait(self.lease_s / 3):
             holder = read_holder(self.rd)
-            if holder is None or holder.get("run_id") != self.rd.run_id:
+            if holder is not None and holder.get("run_id") != self.rd.run_id:
                 return  # taken over: this run's commits fail their owner check from now on
-            self._write_lease()
+            try:
+                self._write_lease()
+            except (OSError, LayerleakError):
+                continue  # a failed PUT is retried at the next beat; the lease lasts three beats
 
 
 class ReaderLock:
