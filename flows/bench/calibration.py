@@ -28,6 +28,17 @@ Reported: ``shapley_coverage`` (share of audit x player intervals holding the tr
 ``null_player_flag_rate`` (any player flagged on a null table: family-wise), each with its n and
 an exact binomial 95% interval. Targets (issue 13): coverage 0.92-0.98, null rates <= 0.05.
 
+Measured (2026-12-01, this 2-core machine shared with other jobs, load average ~20; seed 0;
+``layerleak bench calibration --json``, 36 min wall): 200 signal + 200 null audits.
+  Shapley coverage 0.951 (n=800 audit x player intervals; exact 95% CI 0.934-0.965), per player
+  0.955/0.950/0.955/0.945; AUC coverage 0.945 (n=200; 0.904-0.972); null tables: leakage detected
+  0.050 (10/200; 0.024-0.090), any player flagged 0.005 (1/200; 0.000-0.028), loss baseline above
+  chance 0.015. Against the *expected* truth: Shapley 0.925 (0.905-0.942), AUC 0.900 (0.850-0.938)
+  — the training variance of the attack that the sample bootstrap leaves out. An earlier run with
+  every other fold training (t=4; coverage then measured against the expected truth only) gave
+  Shapley 0.896, AUC 0.915 and null detection 0.110 (22/200): why t defaults to (k-1)//2.
+  Timing (``--timing --n 3``, same load): 20.7 s median [20.4-22.7].
+
 ``--timing``: the bootstrap for L=12 players (4,095 coalitions), 10,000 audited samples and
 1,000 replicates — weights, all v(S), all Shapley values, the 66 pairwise differences and
 their Holm-corrected p-values, the all-layer AUC — timed ``--n`` times (target < 60 s).
