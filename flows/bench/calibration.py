@@ -37,7 +37,8 @@ Measured (2026-12-01, this 2-core machine shared with other jobs, load average ~
   — the training variance of the attack that the sample bootstrap leaves out. An earlier run with
   every other fold training (t=4; coverage then measured against the expected truth only) gave
   Shapley 0.896, AUC 0.915 and null detection 0.110 (22/200): why t defaults to (k-1)//2.
-  Timing (``--timing --n 3``, same load): 20.7 s median [20.4-22.7].
+  Timing (``--timing --n 3``, same load): 20.7 s median [20.4-22.7]; a rerun 21.3 s [21.1-23.0]
+  wall with 2.1 s process CPU (median; the rest is waiting for the shared cores).
 
 ``--timing``: the bootstrap for L=12 players (4,095 coalitions), 10,000 audited samples and
 1,000 replicates — weights, all v(S), all Shapley values, the 66 pairwise differences and
