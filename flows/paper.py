@@ -22,6 +22,7 @@ from mia_tasks.errors import LayerleakError
 from mia_tasks.experiments import (EXPERIMENTS, Selection, experiment_key, experiment_settings, logistic_row,
                                    nasr_options, nasr_too_big, run_experiment, selections, summary)
 from mia_tasks.featurestore import Features
+from mia_tasks.report.render import interval_text
 from mia_tasks.rundir import SHAPLEY, RunDir, experiment_result, is_current
 from mia_tasks.splits import Splits
 from mia_tasks.sweeptable import shapley_text
@@ -44,8 +45,10 @@ class NasrRunner:
     def __call__(self, features: Features, splits: Splits, sel: Selection) -> dict:
         from mia_tasks.attack_runs import run_attack
 
+        a = self.cfg.attack
         return run_attack("nasr", features, splits, sel.layers(features.layers), model=self.model, data=self.data,
-                          nasr={**nasr_options(sel, self.cfg.attack), "device": self.device}, seed=self.cfg.seed)
+                          nasr={**nasr_options(sel, a), "device": self.device}, seed=self.cfg.seed, folds=a.folds,
+                          bootstrap=a.bootstrap)
 
 
 def _nasr_results(cfg: Config, rd: RunDir, features: Features, splits: Splits, sels: list[Selection]) -> dict[str, dict]:
@@ -82,7 +85,7 @@ def run_one(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Fea
         return record
     sels = selections(name, features.layers, cfg.sweep.kinds)
     if attack == "logistic":
-        row_fn = lambda sel: logistic_row(sel, features, splits, cfg.attack.C, cfg.seed, cfg.attack.transform)  # noqa: E731
+        row_fn = lambda sel: logistic_row(sel, features, splits, cfg.attack, cfg.seed)  # noqa: E731
     else:
         results = _nasr_results(cfg, rd, features, splits, sels)
 
@@ -98,12 +101,9 @@ def run_one(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Fea
 
 
 def print_experiment(record: dict) -> None:
-    print(f"{record['experiment']} ({record['attack']} attack; accuracy mean ± std over n repeats):")
+    print(f"{record['experiment']} ({record['attack']} attack; accuracy, cross-fitted, 95% bootstrap interval):")
     for row in summary(record):
-        if row["skipped"]:
-            print(f"  {row['label']:32s} {row['skipped']}")
-        else:
-            print(f"  {row['label']:32s} {row['mean']:.4f} ± {row['std']:.4f} (n={row['n']})")
+        print(f"  {row['label']:32s} {row['skipped'] or interval_text(row['metric'])}")
 
 
 def shapley_experiment(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:

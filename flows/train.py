@@ -32,7 +32,7 @@ def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits
         if members is not None and table is not None:
             return Splits(members.column("sample_id").to_numpy(), table)
     splits = make_splits(data.train_y.numpy(), data.test_y.numpy(), cfg.split, cfg.seed, pretrained=bool(cfg.model.checkpoint))
-    meta = {**stamp("splits", hashes), "n_train": data.n_train, "repeats": cfg.split.repeats}
+    meta = {**stamp("splits", hashes), "n_train": data.n_train}
     rd.write_parquet(MEMBERS, pa.table({"sample_id": pa.array(splits.target_members, pa.int64())}), meta)
     rd.write_parquet(SPLITS, splits.table, meta)
     return splits

@@ -1,7 +1,9 @@
-"""What the coalition sweep fits: each repeat's attack matrices, the columns a coalition uses, the coalitions left.
+"""What the coalition sweep fits: the audited pool's feature matrix, the columns a coalition uses, the coalitions left.
 
 A coalition is an int64 bitmask over the players (bit i: player i); each player owns a contiguous
-block of feature columns, ``widths[i]`` wide, in player order.
+block of feature columns, ``widths[i]`` wide, in player order. Rows are the audited samples in the
+order of splits.parquet; the attacks are cross-fitted over them (every transform fitted inside the
+training folds, by mia_tasks.uncertainty), so the matrix here is untransformed.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .featurestore import Features
-from .splits import ROLE_EVAL, ROLE_TRAIN, Splits
-from .transforms import fit_transform_pair
+from .splits import Splits
 
 
 def membership(splits: Splits, sample_ids: np.ndarray) -> np.ndarray:
@@ -24,14 +25,10 @@ def membership(splits: Splits, sample_ids: np.ndarray) -> np.ndarray:
     return member[pos].astype(np.int64)
 
 
-def attack_data(features: Features, splits: Splits, columns: list[str], transform: str = "none") -> list[dict[str, np.ndarray]]:
-    """Per repeat: the attack-train and attack-eval matrices (``transform`` fitted on attack-train only) and labels."""
-    out = []
-    for r in range(splits.repeats):
-        tr, ev = splits.ids(r, ROLE_TRAIN), splits.ids(r, ROLE_EVAL)
-        X_train, X_eval = fit_transform_pair(features.matrix(columns, tr), features.matrix(columns, ev), transform)
-        out.append({"X_train": X_train, "y_train": membership(splits, tr), "X_eval": X_eval, "y_eval": membership(splits, ev)})
-    return out
+def attack_data(features: Features, splits: Splits, columns: list[str]) -> dict[str, np.ndarray]:
+    """The audited pool: ``X`` [n, len(columns)] raw features and ``y`` [n] int64 membership, in splits order."""
+    ids = splits.sample_ids
+    return {"X": features.matrix(columns, ids), "y": membership(splits, ids)}
 
 
 def column_masks(coalitions: np.ndarray, widths: Sequence[int]) -> np.ndarray:
@@ -40,14 +37,14 @@ def column_masks(coalitions: np.ndarray, widths: Sequence[int]) -> np.ndarray:
     return np.repeat(bits.astype(bool), np.asarray(widths, np.int64), axis=1)
 
 
-def missing_coalitions(have: dict[int, dict], n_players: int, repeats: int) -> dict[int, np.ndarray]:
-    """{repeat: sorted int64 coalitions not in ``have[repeat]``} over every non-empty coalition of ``n_players``;
-    repeats with nothing missing are left out (``have``: {repeat: {coalition: ...}}, as read_sweep returns)."""
+def missing_coalitions(have: dict[int, dict], n_players: int, targets: int = 1) -> dict[int, np.ndarray]:
+    """{target: sorted int64 coalitions not in ``have[target]``} over every non-empty coalition of ``n_players``;
+    targets with nothing missing are left out (``have``: {target: {coalition: ...}}, as read_sweep returns)."""
     every = np.arange(1, 2 ** n_players, dtype=np.int64)
     missing = {}
-    for r in range(repeats):
-        done = np.fromiter(have.get(r, {}).keys(), np.int64, len(have.get(r, {})))
+    for t in range(targets):
+        done = np.fromiter(have.get(t, {}).keys(), np.int64, len(have.get(t, {})))
         todo = every[~np.isin(every, done)]
         if len(todo):
-            missing[r] = todo
+            missing[t] = todo
     return missing

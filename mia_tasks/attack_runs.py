@@ -1,7 +1,11 @@
-"""One attack run over every repeat of the attacker sets: metrics with mean ± std, and ROC curves.
+"""One attack, cross-fitted over the audited pool: metrics with bootstrap intervals, and its ROC curve.
 
-Used by ``layerleak attack`` and by the seed study's experiments, so a number in the report is
-exactly what a direct call of the attack gives.
+Each audited sample is scored once, by the attack fitted on the other ``folds`` (balanced by
+membership); every metric uses all audited samples and carries a 95% interval from a bootstrap over
+them, stratified by membership (``{"value", "ci95", "n", "resampling"}``). Used by ``layerleak attack``,
+by the sweep's loss baseline and by the seed study's experiments, so a number in the report is exactly
+what a direct call gives. The logistic attack is fitted with the sweep's batched fitter
+(mia_tasks.coalitions, the model of LogisticAttack), so a feature selection's value here is its v(S).
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .attacks import AttackData, evaluate, make_attack, select_columns
+from .attacks import AttackData, make_attack, select_columns
 from .featurestore import Features
-from .metrics import aggregate, roc_curve
+from .metrics import roc_curve
 from .schema import LOSS
-from .splits import ROLE_EVAL, ROLE_TRAIN, Splits
+from .splits import Splits
+from .uncertainty import bootstrap_metrics, crossfit_attack, crossfit_coalitions
+from .uncertainty.lowfpr import MIN_FALSE_POSITIVES
+
+EVALUATION = "k-fold cross-fitted (folds balanced by membership): each audited sample scored once, by the attack fitted on the other folds"
 
 
 def _roc_points(y: np.ndarray, scores: np.ndarray, n: int = 200) -> dict[str, list[float]]:
@@ -26,43 +34,63 @@ def _roc_points(y: np.ndarray, scores: np.ndarray, n: int = 200) -> dict[str, li
     return {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]}
 
 
+def out_of_fold(name: str, features: Features, splits: Splits, columns: Sequence[str], folds: int, seed: int,
+                C: float = 1.0, transform: str = "none", make: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """(out-of-fold margins float64 [n], membership bool [n]) of the audited samples in splits order;
+    a margin >= 0 predicts a member. ``make`` builds a fresh attack per fold (default: ``make_attack(name)``)."""
+    data = AttackData.from_table(features.table, list(columns), splits.sample_ids)
+    if name == "logistic":
+        cf = crossfit_coalitions(data.X, data.y, [np.arange(len(columns))], k=folds, seed=seed, C=C, transform=transform)
+        return cf.scores[0].astype(np.float64), cf.y
+    if name == "nasr":
+        data.inputs = make.inputs(splits.sample_ids)
+    cf = crossfit_attack(make.new if name == "nasr" else (make or (lambda: make_attack(name))), data, k=folds, seed=seed)
+    return cf.scores, cf.y
+
+
+def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int, seed: int) -> dict:
+    """Metrics with intervals, the ROC curve and the evaluation's sizes, from out-of-fold margins; the ROC
+    is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is."""
+    y = np.asarray(y, bool)
+    metrics = bootstrap_metrics(y, scores, replicates=bootstrap, seed=seed)
+    return {"n": int(y.size), "members": int(y.sum()), "non_members": int((~y).sum()), "folds": int(folds),
+            "evaluation": EVALUATION, "metrics": metrics, "roc": _roc_points(y, scores),
+            "roc_measurable_from": min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum())))}
+
+
+class NasrMaker:
+    """Builds a fresh Nasr attack per fold, and its raw inputs (the target's images) by sample id."""
+
+    def __init__(self, model: Any, data: Any, seed: int, options: dict):
+        self.model, self.data, self.seed, self.options = model, data, seed, options
+
+    def new(self) -> Any:
+        return make_attack("nasr", model=self.model, seed=self.seed, **self.options)
+
+    def inputs(self, sample_ids: np.ndarray) -> Any:
+        return self.data.normalise(self.data.images(sample_ids)[0])
+
+
 def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
                kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None, data: Any = None,
-               nasr: dict | None = None, seed: int = 0) -> dict:
-    """Fit ``name`` on each repeat's attack-train set, evaluate on its attack-eval set; a JSON-ready dict.
+               nasr: dict | None = None, seed: int = 0, folds: int = 5, bootstrap: int = 1000) -> dict:
+    """Cross-fit ``name`` over the audited pool, bootstrap its metrics; a JSON-ready dict.
 
-    Feature attacks read the features table; ``nasr`` needs the target ``model`` and the image ``data``.
+    Feature attacks read the features table; ``nasr`` needs the target ``model`` and the image ``data``
+    (it is cross-fitted too: one attack model trained per fold).
     """
     layers = list(layers) if layers else list(features.layers)
     if name == "logistic":
         columns = select_columns(features.table.column_names, layers, kinds, exclude=features.constant)
     else:
         columns = [LOSS]
-    per_repeat, rocs = [], []
-    for r in range(splits.repeats):
-        tr, ev = splits.ids(r, ROLE_TRAIN), splits.ids(r, ROLE_EVAL)
-        train, held = AttackData.from_table(features.table, columns, tr), AttackData.from_table(features.table, columns, ev)
-        if name == "nasr":
-            train.inputs = data.normalise(data.images(tr)[0])
-            held.inputs = data.normalise(data.images(ev)[0])
-            attack = make_attack("nasr", model=model, seed=seed + r, **(nasr or {}))
-        elif name == "logistic":
-            attack = make_attack(name, C=C, seed=seed + r, transform=transform)
-        else:
-            attack = make_attack(name)
-        metrics = evaluate(attack, train, held)
-        per_repeat.append(metrics)
-        rocs.append(_roc_points(held.y, attack.score(held)))
+    make = NasrMaker(model, data, seed, nasr or {}) if name == "nasr" else None
+    scores, y = out_of_fold(name, features, splits, columns, folds, seed, C, transform, make)
     return {
         "attack": name,
         "layers": layers if name in ("logistic", "nasr") else [],
         "kinds": list(kinds) if name == "logistic" else (["grad", "out", "loss"] if name == "nasr" else ["loss"]),
         "columns": len(columns) if name != "nasr" else None,
         "transform": transform if name == "logistic" else None,
-        "repeats": splits.repeats,
-        "n_train": int(len(splits.ids(0, ROLE_TRAIN))),
-        "n_eval": int(len(splits.ids(0, ROLE_EVAL))),
-        "metrics": aggregate(per_repeat),
-        "per_repeat": per_repeat,
-        "roc": rocs,
+        **attack_record(y, scores, folds, bootstrap, seed),
     }

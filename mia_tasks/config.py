@@ -112,9 +112,6 @@ class SplitConfig:
     members: int | None = field(default=70, metadata=allow(POSITIVE_INT.or_null()))  # target training set size; None = the whole train split
     nonmembers: int = field(default=70, metadata=allow(POSITIVE_INT))  # non-member pool size
     audit: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # audited samples per side; None = min(members, nonmembers)
-    attack_train: int = field(default=35, metadata=allow(POSITIVE_INT))  # attacker-known members (= non-members) per repeat
-    attack_eval: int = field(default=35, metadata=allow(POSITIVE_INT))  # evaluation members (= non-members) per repeat
-    repeats: int = field(default=10, metadata=allow(POSITIVE_INT))
 
 
 @dataclass
@@ -146,6 +143,9 @@ class AttackConfig:
     C: float = field(default=1.0, metadata=allow(POSITIVE))
     # signed-log | none: features put on a log scale before standardising
     transform: str = field(default="signed-log", metadata=allow(choice(_transforms)))
+    # cross-fitting: the audited pool in k folds balanced by membership; each sample scored by the attack fitted on the others
+    folds: int = field(default=5, metadata=allow(integer(2, 127)))
+    bootstrap: int = field(default=1000, metadata=allow(POSITIVE_INT))  # replicates of the stratified bootstrap behind every interval
     kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(list_of(choice(_kinds))))
     layers: list[str] | None = field(default=None, metadata=allow(LAYERS))
     nasr_layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # None = the last audited layer
@@ -165,28 +165,6 @@ class SweepConfig:
     permutations: int = field(default=2000, metadata=allow(POSITIVE_INT))  # sampled: at most this many permutations
     tol: float = field(default=0.005, metadata=allow(POSITIVE))  # sampled: stop when every standard error is below this
     device: str = field(default="auto", metadata=allow(choice(DEVICES)))
-
-
-def _defences() -> list[str]:
-    from .defences import DEFENCES
-
-    return list(DEFENCES)
-
-
-@dataclass
-class DefenceConfig:
-    """``layerleak defend``: a defended target trained on the same members with the same recipe, audited again."""
-    name: str = field(default="dp-sgd", metadata=allow(choice(_defences)))  # dp-sgd | layer-dp | regularise
-    epsilon: float = field(default=8.0, metadata=allow(POSITIVE))  # dp-sgd: the target ε
-    delta: float | None = field(default=None, metadata=allow(number(0, 1, lo_open=True, hi_open=True).or_null()))  # dp-sgd; None = 1/members
-    max_grad_norm: float = field(default=1.0, metadata=allow(POSITIVE))  # dp-sgd: per-sample clipping norm
-    per_layer_clipping: bool = field(default=False, metadata=allow(boolean()))  # dp-sgd: each layer to max_grad_norm/sqrt(#params tensors)
-    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # layer-dp: None = the top player(s) by Shapley value
-    top: int = field(default=1, metadata=allow(POSITIVE_INT))  # layer-dp: how many top players when layers is None
-    clip: float = field(default=1.0, metadata=allow(POSITIVE))  # layer-dp: per-sample clipping norm of the chosen layers
-    noise_multiplier: float = field(default=1.0, metadata=allow(number(0)))  # layer-dp: noise std / clip
-    weight_decay: float = field(default=0.01, metadata=allow(number(0)))  # regularise
-    epochs: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # regularise: early stopping; None = train.epochs
 
 
 @dataclass
@@ -213,7 +191,6 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
-    defence: DefenceConfig = field(default_factory=DefenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -305,11 +282,12 @@ def _digest(obj: Any) -> str:
 # The settings of a fitted attack that change its numbers besides the features it reads, as {name in the
 # result: config key}. A saved attack or experiment result is current only when they match
 # (rundir.is_current); the sweep fits the logistic attack, so its hash covers the logistic ones.
+_EVALUATION = {"seed": "seed", "folds": "attack.folds", "bootstrap": "attack.bootstrap"}  # cross-fitting and intervals
 ATTACK_SETTINGS = {
-    "logistic": {"seed": "seed", "C": "attack.C", "transform": "attack.transform"},
-    "nasr": {"seed": "seed", "epochs": "attack.nasr_epochs", "lr": "attack.nasr_lr", "batch_size": "attack.nasr_batch_size"},
-    "loss-threshold": {"seed": "seed"},
-    "confidence-threshold": {"seed": "seed"},
+    "logistic": {**_EVALUATION, "C": "attack.C", "transform": "attack.transform"},
+    "nasr": {**_EVALUATION, "epochs": "attack.nasr_epochs", "lr": "attack.nasr_lr", "batch_size": "attack.nasr_batch_size"},
+    "loss-threshold": dict(_EVALUATION),
+    "confidence-threshold": dict(_EVALUATION),
 }
 STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
@@ -347,7 +325,7 @@ def stage_hashes(cfg: Config, content: str = "") -> dict[str, str]:
         tree["dataset"]["content"] = content
     versioned = {**tree, **CODE_VERSIONS}
     out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
-    out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output", "defence")})  # defences: own hashes
+    out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output")})
     return out
 
 

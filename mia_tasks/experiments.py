@@ -3,14 +3,15 @@
     groups-grad   gradients of every suffix of the layer list: the last layer, the last two, ..., all
                   (the seed's groups; every one holds the last layer, so the trend is confounded)
     groups-out    last-layer gradient; + last-layer output; + all outputs; all gradients + all outputs
-    single-layer  each layer alone (the sweep's feature kinds), mean ± std over repeats
+    single-layer  each layer alone (the sweep's feature kinds)
 
 Figure 6 (Shapley per layer) is the sweep itself (OUT/shapley.json). A ``Selection`` names, per
 feature kind, the layers whose statistics the attack reads. The logistic attack runs on a view of
 the features table holding only those columns, so a selection that is a plain layers × kinds
 product gives exactly ``run_attack("logistic", features, splits, layers, kinds)``. The Nasr attack
 reads the same layers' raw weight gradients and output activations (plus the label; not the loss,
-so a row measures the layers alone).
+so a row measures the layers alone). Every row is cross-fitted over the audited pool and carries
+bootstrap intervals (mia_tasks.attack_runs): a logistic row's accuracy is the v(S) of its feature set.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ DESCRIPTIONS = {
                    "holds the last layer, so a rise with group size measures what earlier layers add to it, not that "
                    "later layers leak more",
     "groups-out": "last-layer gradient; + last-layer output; + all layers' outputs; all gradients + all outputs",
-    "single-layer": "each layer's features alone, mean ± std over the attacker-set repeats",
+    "single-layer": "each layer's features alone",
     "shapley": "exact (or sampled) Shapley value of each player from the sweep of every coalition (OUT/shapley.json)",
 }
 
@@ -94,10 +95,11 @@ def features_view(features: Features, sel: Selection) -> Features:
                     features.constant)
 
 
-def logistic_row(sel: Selection, features: Features, splits: Splits, C: float, seed: int, transform: str = "none") -> dict:
-    """``run_attack('logistic', ...)`` on the selection's columns."""
+def logistic_row(sel: Selection, features: Features, splits: Splits, attack_cfg: Any, seed: int) -> dict:
+    """``run_attack('logistic', ...)`` on the selection's columns, cross-fitted and bootstrapped as ``attack_cfg`` says."""
     view = features_view(features, sel)
-    return run_attack("logistic", view, splits, sel.layers(features.layers), sel.kinds(), C=C, transform=transform, seed=seed)
+    return run_attack("logistic", view, splits, sel.layers(features.layers), sel.kinds(), C=attack_cfg.C,
+                      transform=attack_cfg.transform, seed=seed, folds=attack_cfg.folds, bootstrap=attack_cfg.bootstrap)
 
 
 def nasr_options(sel: Selection, attack_cfg: Any) -> dict:
@@ -150,10 +152,6 @@ def run_experiment(name: str, attack: str, sels: list[Selection], features: Feat
 
 
 def summary(record: dict, metric: str = "accuracy") -> list[dict]:
-    """Per row: label, mean, std, n of ``metric`` (rows that were skipped give None)."""
-    out = []
-    for row in record["rows"]:
-        m = row.get("result", {}).get("metrics", {}).get(metric)
-        out.append({"label": row["label"], "layers": row["layers"], "mean": m["mean"] if m else None,
-                    "std": m["std"] if m else None, "n": m["n"] if m else 0, "skipped": row.get("skipped")})
-    return out
+    """Per row: label, layers, and ``metric``'s entry ({"value", "ci95", "n", "resampling"}; None where skipped)."""
+    return [{"label": row["label"], "layers": row["layers"], "metric": row.get("result", {}).get("metrics", {}).get(metric),
+             "skipped": row.get("skipped")} for row in record["rows"]]

@@ -10,7 +10,6 @@ Every function agrees with scikit-learn's counterpart (``roc_curve(drop_intermed
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -115,26 +114,4 @@ def attack_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.
     for key, target in LOW_FPRS.items():
         out[key] = _tpr_at(fpr, tpr, target)
     out["far"] = far
-    return out
-
-
-def aggregate(per_repeat: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean, sample std (ddof=1) and n of each metric over repeats.
-
-    NaN values (an undefined metric in some repeat) are left out and ``n`` counts the rest;
-    ``std`` is 0.0 when fewer than two values remain (so reports stay valid JSON), ``mean`` NaN when none.
-    """
-    keys: list[str] = []
-    for row in per_repeat:
-        keys += [k for k in row if k not in keys]
-    out: dict[str, dict[str, float]] = {}
-    for key in keys:
-        vals = np.array([float(r[key]) for r in per_repeat if key in r], dtype=np.float64)
-        vals = vals[~np.isnan(vals)]
-        n = int(vals.size)
-        out[key] = {
-            "mean": float(vals.mean()) if n else math.nan,
-            "std": float(vals.std(ddof=1)) if n > 1 else 0.0,
-            "n": n,
-        }
     return out

@@ -46,15 +46,7 @@ ATTACKS = "attacks"
 EXPERIMENTS = "experiments"
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 PLOTS = {"shapley": "plots/shapley.png", "single_layer": "plots/single_layer.png", "groups": "plots/groups.png",
-         "roc": "plots/roc.png", "defences": "plots/defences.png"}
-DEFENCES = "defences"  # OUT/defences/<name>/: a defended target and its audit, a run folder of the same layout
-
-
-def defence_dir(name: str) -> str:
-    """OUT/defences/<name>: one defence's folder (open it with ``RunDir.nested``)."""
-    if not name or "/" in name or name.startswith("."):
-        raise LayerleakError(f"defence name {name!r} cannot name a folder")
-    return f"{DEFENCES}/{name}"
+         "roc": "plots/roc.png"}
 
 
 def feature_part(shard: int) -> str:
@@ -62,9 +54,10 @@ def feature_part(shard: int) -> str:
     return f"{FEATURES}/part-{shard:05d}.parquet"
 
 
-def sweep_part(repeat: int, first: int, last: int) -> str:
-    """OUT/sweep/part-rRRR-FIRST-LAST.parquet: one chunk of coalitions of one repeat."""
-    return f"{SWEEP}/part-r{repeat:03d}-{first:09d}-{last:09d}.parquet"
+def sweep_part(target: int, first: int, last: int) -> str:
+    """OUT/sweep/part-tTTT-FIRST-LAST.parquet: one chunk of coalitions of one target, with each audited sample's
+    out-of-fold correctness (and scores where a metric needs them)."""
+    return f"{SWEEP}/part-t{target:03d}-{first:09d}-{last:09d}.parquet"
 
 
 def attack_result(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str]) -> str:
@@ -126,7 +119,6 @@ class RunDir:
             self.run_id = run_id or out.run_id
             return
         self.run_id = run_id
-        self.parent: RunDir | None = None  # the run folder whose lock this one writes under (a nested one's)
         self.uri = str(out)
         if "://" in self.uri and not self.uri.startswith("file://"):
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
@@ -151,11 +143,6 @@ class RunDir:
         info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
         return sorted(i.base_name for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
                       and not i.base_name.startswith("."))
-
-    def subfolders(self, rel: str) -> list[str]:
-        """Names of the folders directly in folder ``rel``, sorted (e.g. the defences in OUT/defences)."""
-        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
-        return sorted(i.base_name for i in info if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
 
     def delete(self, rel: str) -> None:
         if self.exists(rel):
@@ -191,13 +178,6 @@ class RunDir:
                 raise
             raise LayerleakError(f"cannot write {final}: {e.strerror or e}; choose a writable --out") from None
 
-    def nested(self, rel: str) -> RunDir:
-        """OUT/<rel> as a run folder of the same layout (a defence's audit), written under OUT's own lock."""
-        sub = RunDir(self)
-        sub.root, sub.uri = self.path(rel), f"{self.uri.rstrip('/')}/{rel}"
-        sub.parent = self.parent or self
-        return sub
-
     def unowned(self) -> RunDir:
         """The same OUT without a run id: its writes skip the owner check (the marker, the lock's own record)."""
         plain = RunDir(self)
@@ -208,7 +188,7 @@ class RunDir:
         """Before a commit: refuse (and so drop ``rel``) unless OUT/.lock still names this RunDir's run."""
         if self.run_id is None:
             return
-        holder = read_holder(self.parent or self)
+        holder = read_holder(self)
         if holder is None or holder.get("run_id") != self.run_id:
             raise LayerleakError(f"run {self.run_id} no longer holds OUT {self.uri} ({holder_text(holder)}); "
                                  f"dropped {rel} instead of writing it")

@@ -110,21 +110,6 @@ def exact_shapley(values: np.ndarray) -> np.ndarray:
     return phi
 
 
-def shapley_mean_std(tables: np.ndarray, ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over repeats of the exact Shapley values of each table (rows of ``tables``).
-
-    ``ddof=1`` (sample std) as the seed study reports; the std is 0 with a single repeat.
-    """
-    t = np.asarray(tables, dtype=np.float64)
-    if t.ndim == 1:
-        t = t[None, :]
-    if t.ndim != 2 or t.shape[0] == 0:
-        raise LayerleakError(f"shapley_mean_std: expected tables of shape [repeats, 2^L], got {t.shape}")
-    phis = np.stack([exact_shapley(row) for row in t])
-    std = phis.std(axis=0, ddof=ddof) if phis.shape[0] > ddof else np.zeros(phis.shape[1])
-    return phis.mean(axis=0), std
-
-
 @dataclass(frozen=True)
 class SampledShapley:
     """A permutation-sampling estimate.

@@ -15,10 +15,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A synthetic run small enough for unit tests: 4 classes of 8x8 images, a small CNN, 2 repeats.
+# A synthetic run small enough for unit tests: 4 classes of 8x8 images, a small CNN, 120 audited samples.
 TINY = [
     "dataset.name=synthetic", "dataset.synthetic_train=240", "dataset.synthetic_test=80",
-    "split.members=60", "split.nonmembers=60", "split.attack_train=30", "split.attack_eval=30", "split.repeats=2",
+    "split.members=60", "split.nonmembers=60",
     "train.epochs=15", "train.batch_size=16", "features.shard_size=25", "features.batch_size=32",
     "ray.num_cpus=2", "ray.extract_actors=2", "ray.fit_actors=2", "sweep.chunk_size=4", "attack.C=1.0",
 ]

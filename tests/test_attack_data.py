@@ -1,4 +1,4 @@
-"""The sweep's pure inputs on small hand-made arrays: attack matrices per repeat, coalition column masks, missing keys."""
+"""The sweep's pure inputs on small hand-made arrays: the audited pool's matrix, coalition column masks, missing keys."""
 
 from __future__ import annotations
 
@@ -9,19 +9,15 @@ import pytest
 from mia_tasks.attack_data import attack_data, column_masks, membership, missing_coalitions
 from mia_tasks.errors import LayerleakError
 from mia_tasks.featurestore import Features
-from mia_tasks.splits import ROLE_EVAL, ROLE_TRAIN, ROLE_UNUSED, Splits
-
-T, E, U = ROLE_TRAIN, ROLE_EVAL, ROLE_UNUSED
+from mia_tasks.splits import Splits
 
 
 def _splits() -> Splits:
-    """Six audited samples in an unsorted id order (as make_splits writes them: members first), two repeats."""
+    """Six audited samples in an unsorted id order (as make_splits writes them: members first)."""
     return Splits(np.array([3, 9, 12]), pa.table({
         "sample_id": pa.array([12, 3, 9, 40, 21, 33], pa.int64()),
         "member": pa.array([True, True, True, False, False, False]),
         "label": pa.array([0, 1, 0, 1, 0, 1], pa.int64()),
-        "role_0": pa.array([T, E, U, T, E, U]),
-        "role_1": pa.array([E, T, T, E, U, T]),
     }))
 
 
@@ -37,32 +33,14 @@ def test_membership_follows_the_asked_order():
     assert membership(_splits(), np.array([9])).dtype == np.int64
 
 
-def test_attack_data_rows_columns_and_labels_per_repeat():
+def test_attack_data_is_the_audited_pool_in_splits_order_untransformed():
+    """Every audited sample once, in splits.parquet's order (the order of the stored correctness bits); no
+    transform here: cross-fitting fits it inside each fold's training samples."""
     data = attack_data(_features(), _splits(), ["b", "a"])
-    assert len(data) == 2
-    d0, d1 = data
-    # repeat 0: attack-train = {12, 40}, attack-eval = {3, 21}, in the splits table's order
-    np.testing.assert_array_equal(d0["X_train"], [[120.0, 12.0], [400.0, 40.0]])
-    np.testing.assert_array_equal(d0["y_train"], [1, 0])
-    np.testing.assert_array_equal(d0["X_eval"], [[30.0, 3.0], [210.0, 21.0]])
-    np.testing.assert_array_equal(d0["y_eval"], [1, 0])
-    # repeat 1: attack-train = {3, 9, 33}, attack-eval = {12, 40}
-    np.testing.assert_array_equal(d1["X_train"][:, 1], [3.0, 9.0, 33.0])
-    np.testing.assert_array_equal(d1["y_train"], [1, 1, 0])
-    np.testing.assert_array_equal(d1["y_eval"], [1, 0])
-    assert d0["X_train"].dtype == np.float64 and d0["y_train"].dtype == np.int64
-
-
-def test_attack_data_transform_is_fitted_on_attack_train_only():
-    f = _features()
-    plain = attack_data(f, _splits(), ["a"], "signed-log")[0]
-    assert not np.allclose(plain["X_train"], attack_data(f, _splits(), ["a"])[0]["X_train"])  # the transform applies
-    # scale repeat 0's attack-eval samples (3 and 21) by 1e9: the attack-train rows must not move
-    a = f.table.column("a").to_numpy() * np.where(np.isin(f.table.column("sample_id").to_numpy(), [3, 21]), 1e9, 1.0)
-    scaled = Features(f.table.set_column(1, "a", pa.array(a)), f.layers, f.params, f.depths)
-    moved = attack_data(scaled, _splits(), ["a"], "signed-log")[0]
-    np.testing.assert_array_equal(moved["X_train"], plain["X_train"])
-    assert not np.allclose(moved["X_eval"], plain["X_eval"])
+    np.testing.assert_array_equal(data["X"][:, 1], [12.0, 3.0, 9.0, 40.0, 21.0, 33.0])
+    np.testing.assert_array_equal(data["X"][:, 0], 10 * data["X"][:, 1])
+    np.testing.assert_array_equal(data["y"], [1, 1, 1, 0, 0, 0])
+    assert data["X"].dtype == np.float64 and data["y"].dtype == np.int64
 
 
 def test_attack_data_refuses_missing_feature_rows():
@@ -91,9 +69,9 @@ def test_column_masks_high_players_use_int64_bits():
 
 def test_missing_coalitions_lists_only_absent_keys():
     have = {0: {1: {}, 3: {}}, 1: {c: {} for c in range(1, 8)}}
-    missing = missing_coalitions(have, 3, repeats=3)
-    assert set(missing) == {0, 2}  # repeat 1 is complete
+    missing = missing_coalitions(have, 3, targets=3)
+    assert set(missing) == {0, 2}  # target 1 is complete
     np.testing.assert_array_equal(missing[0], [2, 4, 5, 6, 7])
     np.testing.assert_array_equal(missing[2], np.arange(1, 8))
     assert missing[0].dtype == np.int64
-    assert missing_coalitions({0: {c: {} for c in range(1, 4)}}, 2, repeats=1) == {}
+    assert missing_coalitions({0: {c: {} for c in range(1, 4)}}, 2) == {}

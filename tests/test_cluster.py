@@ -293,7 +293,7 @@ def test_ray_job_submit_end_to_end(tmp_path):
         assert job.returncode == 0 and "succeeded" in log, log[-5000:]
         assert "[layerleak] run done" in log
         shapley = json.loads((out / "shapley.json").read_text())
-        assert shapley["method"] == "exact" and [p["player"] for p in shapley["players"]] == ["conv1", "conv2", "fc1", "fc2"]
+        assert shapley["method"] == "exact" and [p["player"] for p in shapley["targets"][0]["players"]] == ["conv1", "conv2", "fc1", "fc2"]
         assert (out / "report.json").is_file()
         assert not list(out.rglob("*.tmp"))
     finally:

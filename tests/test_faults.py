@@ -107,8 +107,8 @@ def assert_features_equal(out: Path, want_run: Path, rtol: float = 1e-5, atol: f
 
 def assert_sweep_complete(out: Path, want_run: Path) -> None:
     sweep = pd.read_parquet(out / "sweep")
-    assert len(sweep) == 30 and not sweep.duplicated(["coalition", "repeat"]).any()
-    assert set(sweep["coalition"]) == set(range(1, 16)) and set(sweep["repeat"]) == {0, 1}
+    assert len(sweep) == 15 and not sweep.duplicated(["target", "coalition"]).any()
+    assert set(sweep["coalition"]) == set(range(1, 16)) and set(sweep["target"]) == {0}
     assert json.loads((out / "shapley.json").read_text()) == json.loads((want_run / "shapley.json").read_text())
 
 
@@ -141,9 +141,9 @@ def test_fitter_killed_mid_chunk_is_replaced(tiny_run, ray_head, tmp_path):
     # The replacement may fit its one retried chunk between two polls, so it need not be seen: that the
     # killed actor's chunk is in the complete table below is the proof that Ray redid it.
     assert killed in seen, seen
-    assert "30 coalition fits" in log
+    assert "15 coalitions cross-fitted" in log
     visible = [p.name for p in (out / "sweep").iterdir() if not p.name.startswith(".")]
-    assert len(visible) == 30  # one whole part per chunk; a write cut short leaves only a hidden temporary
+    assert len(visible) == 15  # one whole part per chunk; a write cut short leaves only a hidden temporary
     assert_sweep_complete(out, tiny_run)
 
 
@@ -157,7 +157,7 @@ def _truncate(path: Path) -> None:
 def _make_foreign(path: Path) -> None:
     """Rewrite a part as another config would have made it: another hash, and zeros for every value."""
     table = pq.read_table(path)
-    keys = {"sample_id", "label", "member", "coalition", "repeat"}
+    keys = {"sample_id", "label", "member", "coalition", "target"}
     zeros = pa.table({c: table.column(c) if c in keys else pa.array(np.zeros(table.num_rows)) for c in table.column_names})
     meta = {**table.schema.metadata, b"config_hash": json.dumps("0123456789abcdef").encode()}
     pq.write_table(zeros.replace_schema_metadata(meta), path)
@@ -192,5 +192,5 @@ def test_truncated_and_foreign_sweep_parts_are_refitted(tiny_run, ray_head, tmp_
     for bad in (truncated, foreign):
         assert f"sweep/{bad.name} is not a valid part" in proc.stdout, proc.stdout
     assert "made by another config (hash 0123456789abcdef)" in proc.stdout
-    assert f"{30 - n_bad} of 30 (coalition, repeat) keys present, fitting {n_bad}" in proc.stdout
+    assert f"{15 - n_bad} of 15 coalitions present, fitting {n_bad}" in proc.stdout
     assert_sweep_complete(out, tiny_run)

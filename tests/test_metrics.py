@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sklearn import metrics as skm
 
 from mia_tasks.errors import LayerleakError
-from mia_tasks.metrics import aggregate, attack_metrics, auc, roc_curve, tpr_at_fpr
+from mia_tasks.metrics import attack_metrics, auc, roc_curve, tpr_at_fpr
 
 
 @st.composite
@@ -125,13 +125,3 @@ def test_bad_input():
         auc([0, 2], [0.0, 1.0])
     with pytest.raises(LayerleakError, match="FPR"):
         tpr_at_fpr([0, 1], [0.0, 1.0], 1.5)
-
-
-def test_aggregate():
-    rows = [{"accuracy": 0.6, "auc": 0.7}, {"accuracy": 0.8, "auc": math.nan}, {"accuracy": 0.7, "auc": 0.9}]
-    agg = aggregate(rows)
-    assert agg["accuracy"]["mean"] == pytest.approx(0.7)
-    assert agg["accuracy"]["std"] == pytest.approx(np.std([0.6, 0.8, 0.7], ddof=1))
-    assert agg["accuracy"]["n"] == 3
-    assert agg["auc"] == {"mean": pytest.approx(0.8), "std": pytest.approx(np.std([0.7, 0.9], ddof=1)), "n": 2}
-    assert aggregate([{"accuracy": 0.6}])["accuracy"] == {"mean": 0.6, "std": 0.0, "n": 1}

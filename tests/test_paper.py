@@ -1,4 +1,4 @@
-"""The seed study's experiments: numbers in report.json equal direct ``run_attack`` calls; results are reused."""
+"""The seed study's experiments: numbers in report.json equal direct ``run_attack`` calls and the sweep's v(S); results are reused."""
 
 from __future__ import annotations
 
@@ -27,12 +27,11 @@ def _load(out) -> tuple[Features, Splits]:
 
 
 def _same(saved: dict, direct: dict) -> None:
-    """Every metric of every repeat, and the ROC points, exactly equal (JSON floats round-trip exactly)."""
+    """Every metric with its interval, and the ROC points, exactly equal (JSON floats round-trip exactly)."""
     direct = json.loads(json.dumps(direct))
-    assert saved["per_repeat"] == direct["per_repeat"]
     assert saved["metrics"] == direct["metrics"]
     assert saved["roc"] == direct["roc"]
-    assert saved["repeats"] == 2 and all(m["n"] == 2 for m in saved["metrics"].values() if m["mean"] is not None)
+    assert saved["n"] == 120 and saved["folds"] == 5 and saved["metrics"]["accuracy"]["resampling"]["replicates"] == 1000
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +87,13 @@ def test_paper_all_numbers_equal_direct_run_attack(paper_run):
     _same(report["attacks"]["loss-threshold"], run_attack("loss-threshold", features, splits))
     single = {r["player"]: r["single"] for r in report["headline"]}
     assert single["conv2"] == exps["single-layer-logistic"]["rows"][1]["result"]["metrics"]["accuracy"]
+    # a logistic row's accuracy is the sweep's v(S) of its feature set, interval included (same folds, same replicates)
+    values = {v["coalition"]: v["accuracy"] for v in report["shapley"]["targets"][0]["values"]}
+    for i, row in enumerate(exps["single-layer-logistic"]["rows"]):
+        got = row["result"]["metrics"]["accuracy"]
+        assert got["value"] == pytest.approx(values[1 << i]["value"], abs=1e-12)
+        assert got["ci95"] == pytest.approx(values[1 << i]["ci95"], abs=1e-12)
+    assert report["attacks"]["logistic"]["metrics"]["accuracy"]["value"] == pytest.approx(values[15]["value"], abs=1e-12)
     # the features table is untouched by the experiments
     assert pc.sum(features.table.column("member")).as_py() == 60
 
@@ -145,7 +151,7 @@ def test_paper_nasr_groups_out(tiny_run, tmp_path):
     assert [r["grad"] for r in rec["rows"]] == [["fc2"], ["fc2"], ["fc2"], LAYERS]
     for row in rec["rows"]:
         m = row["result"]["metrics"]["accuracy"]
-        assert m["n"] == 2 and 0 <= m["mean"] <= 1 and row["result"]["layers"] == row["layers"]
+        assert m["n"] == 120 and 0 <= m["ci95"][0] <= m["value"] <= m["ci95"][1] <= 1 and row["result"]["layers"] == row["layers"]
     proc = run_cli("report", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["experiments"]["groups-out-nasr"] == rec

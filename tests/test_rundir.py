@@ -367,8 +367,8 @@ def test_two_configs_started_together_on_one_out(tiny_run, tmp_path):
     assert list(got.columns) == list(want.columns) and got["sample_id"].tolist() == want["sample_id"].tolist()
     np.testing.assert_allclose(got.drop(columns=["member"]).to_numpy(float), want.drop(columns=["member"]).to_numpy(float),
                                rtol=1e-6, atol=1e-9)
-    got, want = _table(out / "sweep", ["repeat", "coalition"]), _table(clean / "sweep", ["repeat", "coalition"])
-    assert got[["repeat", "coalition"]].equals(want[["repeat", "coalition"]])
+    got, want = _table(out / "sweep", ["target", "coalition"]), _table(clean / "sweep", ["target", "coalition"])
+    assert got[["target", "coalition"]].equals(want[["target", "coalition"]])
     np.testing.assert_allclose(got.to_numpy(float), want.to_numpy(float), rtol=1e-9)
     assert json.loads((out / "shapley.json").read_text())["config_hash"] == json.loads((clean / "shapley.json").read_text())["config_hash"]
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mia_tasks.errors import LayerleakError
 from mia_tasks.shapley import (
-    EMPTY_VALUE, exact_shapley, popcount, sampled_shapley, shapley_mean_std, value_table, with_empty,
+    EMPTY_VALUE, exact_shapley, popcount, sampled_shapley, value_table, with_empty,
 )
 
 
@@ -90,17 +90,6 @@ def test_value_table_from_rows_in_any_order():
         exact_shapley(np.ones(6))
     with pytest.raises(LayerleakError, match="2\\^L"):
         with_empty(np.ones(6))
-
-
-def test_mean_std_over_repeats():
-    tables = np.stack([random_game(5, s) for s in range(4)])
-    mean, std = shapley_mean_std(tables)
-    phis = np.stack([permutation_shapley(t) for t in tables])
-    np.testing.assert_allclose(mean, phis.mean(axis=0))
-    np.testing.assert_allclose(std, phis.std(axis=0, ddof=1))
-    _, one = shapley_mean_std(tables[:1])
-    np.testing.assert_array_equal(one, 0.0)
-
 
 def test_popcount():
     masks = np.arange(5000, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""report.json's content: everything OUT holds for this config, with the claim tested and versions recorded."""
+"""report.json's content: everything OUT holds for this config, the verdicts in order, the claim tested, versions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import CLAIM, conclusion, correlations, headline
+from .stats import CLAIM, conclusion, headline, verdict_list
 
 
 def versions() -> dict[str, str | None]:
@@ -42,18 +42,22 @@ def build_report(config: dict, hashes: dict, target: dict | None, layers: list[d
     """report.json's content. ``layers``: [{name, depth, params}] in forward order; ``experiments`` keyed
     '<name>-<attack>'; ``attacks`` keyed by the attacks/ file stem; ``ignored``: files left out (another config)."""
     single = experiments.get("single-layer-logistic")
-    tests = correlations(shapley, single, layers)
+    targets = (shapley or {}).get("targets", [])
+    first = targets[0] if targets else None
     return _clean({
         "claim_tested": CLAIM,
+        "leakage_detected": None if first is None else bool(shapley["leakage_detected"]),
+        "verdicts": verdict_list(first),
+        "targets": [{k: v for k, v in t.items() if k != "values"} for t in targets],  # every v(S): under "shapley"
         "config": config,
         "config_hash": hashes.get("config"),
         "hashes": hashes,
         "versions": versions(),
         "target": target,
         "layers": layers,
-        "headline": headline(shapley, single, layers),
-        "correlations": tests,
-        "conclusion": conclusion(tests),
+        "headline": headline(first, single, layers),
+        "params_depth_test": None if first is None else first["verdicts"].get("params_depth"),
+        "conclusion": conclusion(first),
         "shapley": shapley,
         "experiments": experiments,
         "attacks": attacks,

@@ -7,7 +7,7 @@ import io
 import numpy as np
 
 from ..rundir import PLOTS
-from .stats import metric
+from .stats import fmt, metric
 
 
 def _png(fig) -> bytes:
@@ -19,21 +19,30 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _bars(ax, labels: list[str], series: dict[str, list[tuple[float | None, float | None]]], ylabel: str, chance: float | None = None) -> None:
+def _ci(m: dict | None) -> tuple[float | None, float | None, float | None]:
+    """(value, lower, upper) of an entry; Nones where it has no value."""
+    if not m or m.get("value") is None:
+        return None, None, None
+    lo, hi = m["ci95"] if m.get("ci95") else (m["value"], m["value"])
+    return m["value"], lo, hi
+
+
+def _bars(ax, labels: list[str], series: dict[str, list[tuple]], ylabel: str, chance: float | None = None) -> None:
+    """Grouped bars with asymmetric 95%-interval error bars; ``series`` maps a name to (value, lo, hi) per label."""
     width = 0.8 / max(1, len(series))
     x = np.arange(len(labels))
     for i, (name, vals) in enumerate(series.items()):
-        means = [np.nan if m is None else m for m, _ in vals]
-        stds = [0.0 if s is None else s for _, s in vals]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=name)
+        means = np.array([np.nan if v is None else v for v, _, _ in vals])
+        err = np.array([[0.0 if v is None else v - lo, 0.0 if v is None else hi - v] for v, lo, hi in vals]).T
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, means, width, yerr=err, capsize=3, label=name)
+    lows = [lo for vals in series.values() for v, lo, _ in vals if v is not None]
+    highs = [hi for vals in series.values() for v, _, hi in vals if v is not None]
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls="--", label="chance")
-        lows = [m - (s or 0.0) for vals in series.values() for m, s in vals if m is not None]
         ax.set_ylim(bottom=min([chance - 0.05, *[v - 0.03 for v in lows]]))  # accuracies: start near chance
     ax.set_xticks(x, labels, rotation=30 if max(map(len, labels), default=0) > 6 else 0, ha="right" if max(map(len, labels), default=0) > 6 else "center")
     ax.set_ylabel(ylabel)
     if len(series) > 1 or chance is not None:
-        highs = [m + (s or 0.0) for vals in series.values() for m, s in vals if m is not None]
         ax.set_ylim(top=max(highs, default=1.0) + 0.04 * max(1.0, len(series) / 2))  # room for the legend
         ax.legend(fontsize=8, loc="upper center", ncol=len(series) + 1, frameon=False)
 
@@ -46,12 +55,11 @@ def make_plots(report: dict) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     plots: dict[str, bytes] = {}
-    sh = report.get("shapley")
-    if sh and sh.get("players"):
-        ps = sorted(sh["players"], key=lambda p: p["depth"])
+    first = (report.get("targets") or [None])[0]
+    if first and first.get("players"):
+        ps = sorted(first["players"], key=lambda p: p["depth"])
         fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(ps) + 2), 3.6))
-        _bars(ax, [p["player"] for p in ps], {"Shapley": [(p["shapley"], p["std"]) for p in ps]},
-              "Shapley value (attack accuracy)")
+        _bars(ax, [p["player"] for p in ps], {"Shapley": [_ci(p["shapley"]) for p in ps]}, "Shapley value (attack accuracy)")
         ax.axhline(0, color="black", lw=0.6)
         ax2 = ax.twinx()
         ax2.plot(np.arange(len(ps)), [p["params"] for p in ps], "o-", color="tab:red", lw=1, ms=4)
@@ -60,17 +68,26 @@ def make_plots(report: dict) -> dict[str, bytes]:
         for i, p in enumerate(ps):
             ax2.annotate(f"{p['params']:,}", (i, p["params"]), textcoords="offset points", xytext=(0, 5), ha="center",
                          fontsize=7, color="tab:red")
-        ax.set_title(f"Shapley value per {'layer' if all(len(p['layers']) == 1 for p in ps) else 'player'} in depth order "
-                     f"(mean ± std over {sh['repeats']} repeats)", fontsize=9)
+        n = first["v_all"]["n"]
+        what = "layer" if all(len(p["layers"]) == 1 for p in ps) else "player"
+        if first["leakage_detected"]:
+            flagged = [p["player"] for p in ps if p["flagged"]]
+            title = (f"Shapley value per {what} in depth order (95% bootstrap intervals, n={n}); "
+                     f"flagged after Holm: {', '.join(flagged) or 'none'}")
+        else:
+            title = f"No measurable leakage: no per-{what} claim (Shapley values with 95% intervals, n={n})"
+            ax.text(0.5, 0.92, "no measurable leakage — no per-layer claim", transform=ax.transAxes, ha="center",
+                    fontsize=9, color="tab:red")
+        ax.set_title(title, fontsize=9)
         plots[PLOTS["shapley"]] = _png(fig)
     exps = report.get("experiments", {})
     singles = {k.split("-")[-1]: v for k, v in exps.items() if k.startswith("single-layer-")}
     if singles:
         labels = [r["label"] for r in next(iter(singles.values()))["rows"]]
         fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(labels) + 2), 3.4))
-        _bars(ax, labels, {a: [(m["mean"], m["std"]) if (m := metric(r.get("result"))) else (None, None) for r in rec["rows"]]
-                          for a, rec in singles.items()}, "attack accuracy", chance=0.5)
-        ax.set_title("Each layer alone (mean ± std over repeats)", fontsize=9)
+        _bars(ax, labels, {a: [_ci(metric(r.get("result"))) for r in rec["rows"]] for a, rec in singles.items()},
+              "attack accuracy", chance=0.5)
+        ax.set_title("Each layer alone (cross-fitted; 95% bootstrap intervals)", fontsize=9)
         plots[PLOTS["single_layer"]] = _png(fig)
     groups = [g for g in ("groups-grad", "groups-out") if any(k.startswith(g + "-") for k in exps)]
     if groups:
@@ -78,41 +95,39 @@ def make_plots(report: dict) -> dict[str, bytes]:
         for ax, g in zip(axes[0], groups):
             recs = {k.split("-")[-1]: v for k, v in exps.items() if k.startswith(g + "-")}
             labels = [r["label"] for r in next(iter(recs.values()))["rows"]]
-            _bars(ax, labels, {a: [(m["mean"], m["std"]) if (m := metric(r.get("result"))) else (None, None) for r in rec["rows"]]
-                              for a, rec in recs.items()}, "attack accuracy", chance=0.5)
+            _bars(ax, labels, {a: [_ci(metric(r.get("result"))) for r in rec["rows"]] for a, rec in recs.items()},
+                  "attack accuracy", chance=0.5)
             ax.set_title(g, fontsize=9)
         plots[PLOTS["groups"]] = _png(fig)
     rocs = {name: a for name, a in report.get("attacks", {}).items() if name in ("logistic", "loss-threshold") and a.get("roc")}
     if rocs:
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
-        # below the smallest non-zero FPR (1 / non-members evaluated) a ROC curve says nothing
-        lo = min(min((f for f in r["fpr"] if f and f > 0), default=1.0) for a in rocs.values() for r in a["roc"])
-        grid = np.geomspace(lo, 1, 200)
+        # below the smallest non-zero FPR (1 / non-members) a ROC curve says nothing; from 10 / non-members up
+        # (ten false positives) a TPR is measurable
+        lo = min(1.0 / max(1, a["non_members"]) for a in rocs.values())
+        measurable = max(a["roc_measurable_from"] for a in rocs.values())
+        ax.axvspan(measurable, 1.05, color="tab:green", alpha=0.08, lw=0)
+        ax.axvline(measurable, color="tab:green", lw=0.8, ls=":", label=f"measurable: FPR ≥ {measurable:.2g}")
         for (name, a), color in zip(rocs.items(), ("tab:blue", "tab:orange")):
-            curves = []
-            for r in a["roc"]:
-                f, t = np.asarray(r["fpr"], float), np.asarray(r["tpr"], float)
-                ok = (f > 0) & (t > 0)
-                ax.step(f[ok], t[ok], where="post", color=color, lw=0.6, alpha=0.35)
-                # the best TPR reachable at FPR <= x (the ROC as a step function), averaged over repeats
-                curves.append(np.maximum.accumulate(t)[np.searchsorted(f, grid, side="right") - 1])
-            mean = np.mean(curves, axis=0)
+            f, t = np.asarray(a["roc"]["fpr"], float), np.asarray(a["roc"]["tpr"], float)
+            ok = (f > 0) & (t > 0)
             auc = metric(a, "auc")
-            label = f"{name} (AUC {auc['mean']:.3f})" if auc and auc["mean"] is not None else name
-            ax.step(grid[mean > 0], mean[mean > 0], where="post", color=color, lw=1.8, label=label)
-        ax.plot(grid, grid, color="grey", ls="--", lw=0.8, label="chance")
+            label = f"{name} (AUC {fmt(auc)})" if auc and auc.get("value") is not None else name
+            ax.step(f[ok], t[ok], where="post", color=color, lw=1.6, label=label)
+        ax.plot([lo, 1], [lo, 1], color="grey", ls="--", lw=0.8, label="chance")
+        unmeasurable = sorted({m["reason"] for a in rocs.values() for k, m in a["metrics"].items()
+                               if k.startswith("tpr@") and not m.get("measurable", True)})
+        if unmeasurable:
+            ax.text(0.02, 0.98, "\n".join(f"TPR@{k}: {r}" for k, r in zip(
+                [k[4:] for k, m in next(iter(rocs.values()))["metrics"].items() if k.startswith("tpr@") and not m.get("measurable", True)],
+                unmeasurable)), transform=ax.transAxes, va="top", fontsize=6.5, color="tab:red")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(lo / 1.5, 1.05)
         ax.set_ylim(lo / 1.5, 1.05)
         ax.set_xlabel("false-positive rate")
         ax.set_ylabel("true-positive rate")
-        ax.set_title("ROC (log-log; thin: each repeat, bold: mean)", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.set_title("ROC, out-of-fold scores (log-log; shaded: measurable)", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
         plots[PLOTS["roc"]] = _png(fig)
-    from .defences import defence_plot  # the defences module renders from the report dict too
-
-    png = defence_plot(report)
-    if png is not None:
-        plots[PLOTS["defences"]] = png
     return plots

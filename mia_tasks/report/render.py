@@ -7,20 +7,27 @@ import html
 import re
 from collections.abc import Sequence
 
-from .defences import defence_blocks
 from .plots import PLOTS
-from .stats import ALPHA, metric
+from .stats import ALPHA, fmt, metric
 
-HEADLINE_METRICS = ("accuracy", "auc", "tpr@1%", "tpr@0.1%")
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "auc", "tpr@1%", "tpr@0.1%", "far")
 NASR_NOTE = (" Nasr attack: its attack model reads the raw per-sample weight gradients and output activations of "
              "these layers, plus the label (not the loss), instead of their seven statistics.")
 
 
-def _pm(m: dict | None, digits: int = 4) -> str:
-    if not m or m.get("mean") is None:
-        return "–"
-    std = "–" if m.get("std") is None else f"{m['std']:.{digits}f}"
-    return f"{m['mean']:.{digits}f} ± {std} (n={m['n']})"
+def interval_text(m: dict | None, digits: int = 4) -> str:
+    """An entry as ``value [lo, hi] (n=N)``, or why it has no value."""
+    if not m or m.get("value") is None:
+        return fmt(m)
+    return f"{fmt(m, digits)} (n={m['n']})"
+
+
+def _resampling_text(how: dict | None) -> str:
+    if not how:
+        return ""
+    return (f"95% {how['interval']} intervals from {how['replicates']:,} replicates of a {how['scheme']} (unit: "
+            f"{how['unit']}; {how['members']} members, {how['non_members']} non-members; seed {how['seed']}); TPR at an FPR "
+            f"f only with >= 10/f non-members, with an exact binomial (Clopper-Pearson) interval.")
 
 
 def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
@@ -33,78 +40,104 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
         b.append(("p", f"Target: train accuracy {t.get('train_accuracy', float('nan')):.4f}, test accuracy "
                        f"{t.get('test_accuracy', float('nan')):.4f} (overfit gap {t.get('overfit_gap')}; {t.get('members')} members, "
                        f"{t.get('epochs')} epochs)."))
+    sh = report.get("shapley")
+    first = (report.get("targets") or [None])[0]
+    if first:
+        b.append(("h", 2, "Verdicts"))
+        b.append(("p", "**LEAKAGE DETECTED.**" if report["leakage_detected"] else "**NO MEASURABLE LEAKAGE.**"))
+        b.append(("ul", [f"{i}. {v['statement']}" for i, v in enumerate(report["verdicts"], 1)]))
+        b.append(("p", f"Attacks are {sh['folds']}-fold cross-fitted over the audited samples (each scored once, by an attack "
+                       f"fitted on the other folds). " + _resampling_text(first["v_all"].get("resampling"))))
     b.append(("h", 2, "Headline: leakage per layer"))
     b += _headline_blocks(report)
+    if first:
+        b += _differences_blocks(first)
     b.append(("h", 2, f"Does this run support '{report['claim_tested']}'?"))
     b.append(("p", f"**{report['conclusion']['verdict'].upper()}.** {report['conclusion']['text']}"))
-    if report["correlations"]:
-        b.append(("table", ["leakage", "against", "n", "Spearman rho", "p (two-sided)", "p method", "verdict"],
-                  [[c["leakage"], c["against"], str(c["n"]), "–" if c["rho"] is None else f"{c['rho']:+.3f}",
-                    "–" if c["p"] is None else f"{c['p']:.3g}", c["p_method"] or "–", c["verdict"]] for c in report["correlations"]]))
-        b.append(("p", f"Supported only if rho > 0 and p < {ALPHA}. Depth is the layer's position in forward order "
-                       "(a player's mean depth); parameters are the layer's weights and biases."))
+    pd = report.get("params_depth_test")
+    if pd and pd.get("tested"):
+        b.append(("p", f"One joint test: {pd['test']} over {pd['n_players']} players; {pd['correction']}."))
     if PLOTS["shapley"] in plots:
-        b.append(("img", PLOTS["shapley"], "Shapley value per layer with parameter counts"))
-    sh = report.get("shapley")
-    if sh:
+        b.append(("img", PLOTS["shapley"], "Shapley value per layer with 95% intervals and parameter counts"))
+    if sh and first:
         b.append(("p", f"Shapley values: {sh['method']}, metric {sh['metric']}, features {', '.join(sh['kinds'])}, "
-                       f"{sh['repeats']} repeats, {sh['coalitions']} coalition fits; v(all) = {sh['v_all']['mean']:.4f} ± "
-                       f"{sh['v_all']['std']:.4f}, v(∅) = {sh['v_empty']}."))
+                       f"{len(sh['targets'][0]['values'])} coalitions; v(all) = "
+                       f"{interval_text(first['v_all'])}, v(∅) = {sh['v_empty']}"
+                       + (f"; efficiency gap {first['efficiency_gap']:.1e}" if first.get("efficiency_gap") is not None else "") + "."))
     attacks = report.get("attacks", {})
     if attacks:
         b.append(("h", 2, "Attacks"))
-        b.append(("table", ["attack", "layers", "kinds", *HEADLINE_METRICS],
-                  [[name, ", ".join(a.get("layers") or []) or "–", ", ".join(a.get("kinds") or []),
-                    *[_pm(metric(a, k)) for k in HEADLINE_METRICS]] for name, a in attacks.items()]))
+        b.append(("table", ["attack", "layers", "kinds", "n", *HEADLINE_METRICS],
+                  [[name, ", ".join(a.get("layers") or []) or "–", ", ".join(a.get("kinds") or []), str(a.get("n", "–")),
+                    *[fmt(metric(a, k)) for k in HEADLINE_METRICS]] for name, a in attacks.items()]))
+        b.append(("p", "Each cell: value [95% interval]. " + _resampling_text(
+            (metric(next(iter(attacks.values())), "accuracy") or {}).get("resampling"))))
         if PLOTS["roc"] in plots:
-            b.append(("img", PLOTS["roc"], "ROC curves on log-log axes"))
+            b.append(("img", PLOTS["roc"], "ROC curves on log-log axes, measurable region marked"))
     exps = report.get("experiments", {})
     if exps:
         b.append(("h", 2, "The seed study's experiments"))
+        b.append(("p", "Each row's attack is cross-fitted over the audited samples; a logistic row's accuracy is the v(S) of "
+                       "its feature set. Each cell: value [95% interval]."))
         for key, rec in exps.items():
             b.append(("h", 3, f"{rec['experiment']} ({rec['attack']})"))
             b.append(("p", rec["description"] + "." + (NASR_NOTE if rec["attack"] == "nasr" else "")))
-            b.append(("table", ["selection", "gradient layers", "output layers", *HEADLINE_METRICS],
+            b.append(("table", ["selection", "gradient layers", "output layers", *HEADLINE_METRICS[:3]],
                       [[r["label"], ", ".join(r["grad"]) or "–", ", ".join(r["out"]) or "–",
-                        *([_pm(metric(r.get("result"), k)) for k in HEADLINE_METRICS] if "result" in r
-                          else [r.get("skipped", "–"), "", "", ""])] for r in rec["rows"]]))
+                        *([fmt(metric(r.get("result"), k)) for k in HEADLINE_METRICS[:3]] if "result" in r
+                          else [r.get("skipped", "–"), "", ""])] for r in rec["rows"]]))
         for key in ("single_layer", "groups"):
             if PLOTS[key] in plots:
                 b.append(("img", PLOTS[key], key.replace("_", "-") + " experiments"))
-    b += defence_blocks(report)
-    if PLOTS["defences"] in plots:
-        b.append(("img", PLOTS["defences"], "utility versus leakage across defences"))
     if report.get("ignored"):
         b.append(("h", 2, "Left out"))
         b.append(("ul", [f"{x} (made by another config)" for x in report["ignored"]]))
     return b
 
 
+def _differences_blocks(block: dict) -> list[tuple]:
+    diffs = block["differences"]
+    if not diffs:
+        return []
+    out: list[tuple] = [("h", 3, "Pairwise differences of Shapley values")]
+    note = ("paired: the same bootstrap replicates for both players; two-sided bootstrap p-values, Holm-corrected over "
+            f"the {len(diffs)} pairs; significant when p (Holm) < {ALPHA}")
+    if not block["leakage_detected"]:
+        note += "; none is significant without measurable leakage"
+    out.append(("p", note.capitalize() + "."))
+    out.append(("table", ["a", "b", "φ(a) − φ(b) [95% interval]", "p", "p (Holm)", "significant"],
+                [[d["a"], d["b"], fmt(d["difference"], 4), f"{d['p_value']:.3g}", f"{d['p_holm']:.3g}",
+                  "yes" if d["significant"] else "no"] for d in diffs]))
+    return out
+
+
 def _headline_blocks(report: dict) -> list[tuple]:
     rows = report["headline"]
     has_single = any(r["single"] for r in rows)
-    header = ["player", "depth", "params", "Shapley ± std"] + (["alone: accuracy ± std"] if has_single else [])
+    header = (["player", "depth", "params", "Shapley [95% interval]", "excludes 0", "flagged (Holm)", "alone: v({player})"]
+              + (["single-layer experiment"] if has_single else []))
     body = []
     for r in rows:
-        sh = "–" if r["shapley"] is None else f"{r['shapley']:+.4f} ± {r['shapley_std']:.4f} (n={r['shapley_n']})"
-        body.append([r["player"], f"{r['depth']:g}", f"{r['params']:,}", sh] + ([_pm(r["single"])] if has_single else []))
+        yn = lambda v: "–" if v is None else ("yes" if v else "no")  # noqa: E731
+        body.append([r["player"], f"{r['depth']:g}", f"{r['params']:,}", fmt(r["shapley"], 4), yn(r["excludes_zero"]),
+                     yn(r["flagged"]), fmt(r["alone"])] + ([fmt(r["single"])] if has_single else []))
     out: list[tuple] = [("table", header, body)]
-    a, base = report.get("attacks", {}).get("logistic"), report.get("attacks", {}).get("loss-threshold")
-    items = []
-    if a:
-        items.append(f"all layers, logistic attack: accuracy {_pm(metric(a))}, AUC {_pm(metric(a, 'auc'))}, "
-                     f"TPR@1% FPR {_pm(metric(a, 'tpr@1%'))}")
-    if base:
-        items.append(f"loss-threshold baseline: accuracy {_pm(metric(base))}, AUC {_pm(metric(base, 'auc'))}, "
-                     f"TPR@1% FPR {_pm(metric(base, 'tpr@1%'))}")
-    if items:
+    first = (report.get("targets") or [None])[0]
+    if first:
+        items = []
+        for label, m in (("all layers, logistic attack (the sweep's full coalition)", first["all_layers"]),
+                         ("loss-threshold baseline", first["baseline"])):
+            items.append(f"{label}: accuracy {interval_text(m['accuracy'])}, AUC {fmt(m['auc'])}, "
+                         f"TPR@1% FPR {fmt(m['tpr@1%'])}, TPR@0.1% FPR {fmt(m['tpr@0.1%'])}")
         out.append(("ul", items))
     return out
 
 
 def headline_text(report: dict) -> str:
-    """The headline table and verdict as plain text (printed at the end of ``layerleak run``)."""
-    return _markdown(_headline_blocks(report) + [("p", f"{report['conclusion']['verdict'].upper()}: {report['conclusion']['text']}")])
+    """The verdicts and the headline table as plain text (printed at the end of ``layerleak run``)."""
+    verdicts = [("ul", [f"{i}. {v['statement']}" for i, v in enumerate(report.get("verdicts", []), 1)])] if report.get("verdicts") else []
+    return _markdown(verdicts + _headline_blocks(report)
+                     + [("p", f"{report['conclusion']['verdict'].upper()}: {report['conclusion']['text']}")])
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -1,118 +1,97 @@
-"""The numbers of the report: does this run support the seed study's claim, and leakage per layer.
+"""The report's verdicts, in order, and the per-layer headline, read from shapley.json (mia_tasks.uncertainty).
 
-The claim ("deeper and larger layers leak more") is tested with Spearman rank correlations across
-layers (exact permutation p-values for few layers), not restated; ``headline`` is the per-layer table.
+1. Is there leakage at all? (the all-layer attack's AUC interval above 0.5; the loss baseline beside it)
+2. If not: "no measurable leakage" and no per-layer claim. Else: which players' Shapley intervals exclude
+   zero, and which are flagged after Holm's correction.
+3. Which pairwise differences of Shapley values are significant after Holm.
+4. The seed study's claim ("deeper and larger layers leak more"): one joint test of log-parameters and depth.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
-
 ALPHA = 0.05
-EXACT_MAX_N = 8  # exact permutation p-values up to 8! = 40,320 orderings
 CLAIM = "deeper and larger layers leak more"
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Spearman's rho (scipy.stats.spearmanr) with a two-sided p-value, n and the smallest p that n allows.
+def fmt(m: dict | None, digits: int = 3) -> str:
+    """``value [lo, hi]`` of an entry; its reason where it has no value (e.g. TPR at an FPR not measurable)."""
+    if not m:
+        return "–"
+    if m.get("value") is None:
+        return m.get("reason") or "–"
+    if not m.get("ci95"):
+        return f"{m['value']:.{digits}f}"
+    return f"{m['value']:.{digits}f} [{m['ci95'][0]:.{digits}f}, {m['ci95'][1]:.{digits}f}]"
 
-    Up to EXACT_MAX_N points the p-value is exact: the share of all n! re-pairings of the ranks whose
-    |rho| reaches the observed one (scipy's t approximation gives p = 0 for rho = 1 at any n, which
-    overstates 4 points). Larger n uses scipy's p-value.
-    """
-    from scipy.stats import rankdata, spearmanr
 
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    n = int(len(x))
-    out: dict[str, Any] = {"rho": None, "p": None, "n": n, "p_method": None, "min_p": None}
-    if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+def conclusion(block: dict | None) -> dict[str, str]:
+    """One plain sentence on the seed study's claim from the joint params/depth test of one target's Shapley values."""
+    if not block:
+        return {"claim": CLAIM, "verdict": "untested", "text": f"No Shapley values in OUT: '{CLAIM}' is untested."}
+    if not block["leakage_detected"]:
+        return {"claim": CLAIM, "verdict": "untested",
+                "text": f"No measurable leakage, so no per-layer claim: '{CLAIM}' is not tested."}
+    t = block["verdicts"].get("params_depth") or {"tested": False, "reason": "no parameter counts or depths"}
+    if not t["tested"]:
+        return {"claim": CLAIM, "verdict": "untested", "text": f"'{CLAIM}' is {t['reason']}."}
+    both = f"R² = {t['r_squared']:.3f}, permutation p = {t['p_value']:.3g} ({t['permutations']}); " \
+           f"standardised coefficients: log10(params) {t['std_coef_log10_params']:+.2f}, depth {t['std_coef_depth']:+.2f}"
+    if t["p_value"] >= ALPHA:
+        return {"claim": CLAIM, "verdict": "not supported",
+                "text": f"This run does not support '{CLAIM}': Shapley values are not explained by parameters and depth ({both})."}
+    if t["std_coef_log10_params"] > 0 and t["std_coef_depth"] > 0:
+        return {"claim": CLAIM, "verdict": "supported", "text": f"This run supports '{CLAIM}' ({both})."}
+    if t["std_coef_log10_params"] < 0 and t["std_coef_depth"] < 0:
+        return {"claim": CLAIM, "verdict": "contradicted", "text": f"This run contradicts '{CLAIM}' ({both})."}
+    return {"claim": CLAIM, "verdict": "not supported",
+            "text": f"Parameters and depth explain the Shapley values, but not both with a positive sign ({both})."}
+
+
+def verdict_list(block: dict | None) -> list[dict[str, str]]:
+    """The verdicts in order, each {"step", "statement"}, for one target's block of shapley.json."""
+    if not block:
+        return []
+    v = block["verdicts"]
+    out = [{"step": "leakage", "statement": f"{v['statement']} (all-layer attack AUC {fmt(v['attack_auc'])}; loss-threshold "
+                                            f"baseline AUC {fmt(v['baseline_auc'])}, "
+                                            f"{'above' if v['baseline_above_chance'] else 'not above'} chance)."}]
+    if not block["leakage_detected"]:
+        out.append({"step": "players", "statement": "No player is flagged: without measurable leakage no per-layer claim is made."})
         return out
-    rho = float(spearmanr(x, y).statistic)
-    out["rho"] = rho
-    if n <= EXACT_MAX_N:
-        rx, ry = rankdata(x) - (n + 1) / 2, rankdata(y) - (n + 1) / 2
-        perms = np.array(list(itertools.permutations(range(n))))
-        rhos = (ry[perms] @ rx) / math.sqrt((rx @ rx) * (ry @ ry))
-        tol = 1e-9
-        out["p"] = float(np.mean(np.abs(rhos) >= abs(rho) - tol))
-        out["min_p"] = float(np.mean(np.abs(rhos) >= np.abs(rhos).max() - tol))
-        out["p_method"] = f"exact permutation ({len(perms):,} orderings)"
-    else:
-        out["p"] = float(spearmanr(x, y).pvalue)
-        out["min_p"] = 0.0
-        out["p_method"] = "t approximation (scipy.stats.spearmanr)"
+    excl = [p["player"] for p in block["players"] if p["excludes_zero"]]
+    flagged = v["players_flagged"]
+    out.append({"step": "players", "statement": (
+        f"Shapley intervals excluding zero: {', '.join(excl) or 'none'}; flagged after Holm's correction over "
+        f"{len(block['players'])} players (alpha {v['alpha']}): {', '.join(flagged) or 'none'}.")})
+    sig = [f"{d['a']} − {d['b']} = {fmt(d['difference'], 4)}" for d in block["differences"] if d["significant"]]
+    out.append({"step": "differences", "statement": (
+        f"Pairwise differences significant after Holm's correction over {len(block['differences'])} pairs: "
+        + ("; ".join(sig) if sig else "none") + ".")})
+    pd = v.get("params_depth")
+    if pd:
+        text = (f"{pd['test']}: R² = {pd['r_squared']:.3f}, p = {pd['p_value']:.3g} ({pd['permutations']}); {pd['correction']}."
+                if pd["tested"] else f"Parameters and depth: {pd['reason']}.")
+        out.append({"step": "params_depth", "statement": text})
     return out
 
 
-def verdict(test: dict[str, Any]) -> str:
-    """'supported' only when rho > 0 and p < ALPHA; names why otherwise."""
-    if test["rho"] is None:
-        return "undefined (fewer than 3 points or a constant variable)"
-    if test["min_p"] is not None and test["min_p"] >= ALPHA:
-        return f"inconclusive (n too small: with n={test['n']} no p below {test['min_p']:.3f} is possible)"
-    if test["p"] < ALPHA:
-        return "supported" if test["rho"] > 0 else "contradicted (significant negative correlation)"
-    return "not supported (no significant correlation)"
-
-
-def correlations(shapley: dict | None, single: dict | None, layers: list[dict]) -> list[dict]:
-    """Leakage (Shapley value per player, single-layer accuracy per layer) against parameter count and depth."""
-    tests = []
-    if shapley:
-        ps = shapley["players"]
-        for against in ("params", "depth"):
-            t = spearman([p[against] for p in ps], [p["shapley"] for p in ps])
-            tests.append({"leakage": "Shapley value", "against": against, "unit": "player", **t, "verdict": verdict(t)})
-    if single:
-        info = {l["name"]: l for l in layers}
-        rows = [r for r in single["rows"] if "result" in r and len(r["layers"]) == 1]
-        for against in ("params", "depth"):
-            t = spearman([info[r["layers"][0]][against] for r in rows], [r["result"]["metrics"]["accuracy"]["mean"] for r in rows])
-            tests.append({"leakage": f"single-layer accuracy ({single['attack']})", "against": against, "unit": "layer",
-                          **t, "verdict": verdict(t)})
-    return tests
-
-
-def conclusion(tests: list[dict]) -> dict[str, str]:
-    """One plain sentence on the seed study's claim from the correlation tests."""
-    if not tests:
-        return {"claim": CLAIM, "verdict": "untested", "text": f"No Shapley values or single-layer results in OUT: '{CLAIM}' is untested."}
-    verdicts = [t["verdict"] for t in tests]
-    named = "; ".join(f"{t['leakage']} vs {t['against']}: {t['verdict'].split(' (')[0]}" for t in tests)
-    if all(v == "supported" for v in verdicts):
-        v, text = "supported", f"This run supports '{CLAIM}': every rank correlation is positive with p < {ALPHA}."
-    elif any(v.startswith("contradicted") for v in verdicts):
-        v, text = "contradicted", f"This run contradicts '{CLAIM}' in part ({named})."
-    elif all(v.startswith(("inconclusive", "undefined")) for v in verdicts):
-        n = max(t["n"] for t in tests)
-        v, text = "inconclusive", (f"This run cannot test '{CLAIM}': with n={n} layers no rank correlation can reach "
-                                   f"p < {ALPHA}. Audit a deeper model (e.g. ResNet) for a test.")
-    else:
-        v, text = "not supported", f"This run does not support '{CLAIM}' ({named})."
-    return {"claim": CLAIM, "verdict": v, "text": text}
-
-
 def metric(result: dict | None, key: str = "accuracy") -> dict | None:
-    """``result``'s metrics[key] ({mean, std, n, ...}), or None where the result or the metric is absent."""
+    """``result``'s metrics[key] ({value, ci95, n, resampling}), or None where the result or the metric is absent."""
     return (result or {}).get("metrics", {}).get(key)
 
 
-def headline(shapley: dict | None, single: dict | None, layers: list[dict]) -> list[dict]:
-    """Per player in depth order: depth, parameters, Shapley ± std, and the single-layer accuracy where it is one layer."""
+def headline(block: dict | None, single: dict | None, layers: list[dict]) -> list[dict]:
+    """Per player in depth order: depth, parameters, Shapley value and interval, whether it excludes zero and is
+    flagged, its value alone in the sweep, and the single-layer experiment's accuracy where it is one layer."""
     single_by_layer = {r["layers"][0]: metric(r.get("result")) for r in (single or {}).get("rows", []) if len(r["layers"]) == 1}
     rows = []
-    if shapley:
-        for p in sorted(shapley["players"], key=lambda p: p["depth"]):
+    if block:
+        for p in sorted(block["players"], key=lambda p: p["depth"]):
             acc = single_by_layer.get(p["layers"][0]) if len(p["layers"]) == 1 else None
             rows.append({"player": p["player"], "depth": p["depth"], "params": p["params"], "shapley": p["shapley"],
-                         "shapley_std": p["std"], "shapley_n": len(p.get("per_repeat", [])), "single": acc})
+                         "excludes_zero": p["excludes_zero"], "flagged": p["flagged"], "alone": p.get("alone"), "single": acc})
     else:
         for l in layers:
             rows.append({"player": l["name"], "depth": l["depth"], "params": l["params"], "shapley": None,
-                         "shapley_std": None, "shapley_n": 0, "single": single_by_layer.get(l["name"])})
+                         "excludes_zero": None, "flagged": None, "alone": None, "single": single_by_layer.get(l["name"])})
     return rows
