@@ -277,7 +277,8 @@ class RunDir:
             old = yaml.safe_load(self.read_text(CONFIG))
         except (OSError, yaml.YAMLError, UnicodeDecodeError):
             return False
-        return (isinstance(old, dict) and isinstance(old.get("hashes"), dict) and set(STAGE_OUTPUTS) <= set(old["hashes"])
+        # the stage hashes every config.yaml carried before run folders were marked (not STAGE_OUTPUTS: it may grow)
+        return (isinstance(old, dict) and isinstance(old.get("hashes"), dict) and {"splits", "target", "features", "sweep"} <= set(old["hashes"])
                 and {"seed", "dataset", "model", "split", "train"} <= set(old))
 
     def _entries(self) -> list[str]:
