@@ -177,6 +177,8 @@ def _defence_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _stage(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from mia_tasks.config import stage_hashes
     from mia_tasks.data import dataset_fingerprint
     from mia_tasks.outlock import reading, writing
@@ -204,6 +206,11 @@ def _stage(args: argparse.Namespace) -> int:
     else:  # one writing run at a time: OUT is marked, and locked for the whole command
         rd = RunDir(cfg.output.dir, run_id=new_run_id())
         with writing(rd):
+            if args.command == "defend" and not (args.config or args.set):
+                saved = rd.saved_config()  # defend the audit OUT holds, with the config it was made with
+                if saved is not None:
+                    cfg = dataclasses.replace(saved, defence=cfg.defence)
+                    hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
             rd.prepare(cfg)  # refuses outputs of another config; saves config.yaml
             pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
     print(f"[layerleak] {args.command} done in {time.perf_counter() - start:.1f}s; outputs in {rd.uri}")

@@ -8,6 +8,7 @@ reported is the one its RDP accountant says was spent.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..data import ImageData
 from ..errors import LayerleakError
 from ..train import lr_schedule
+from .layer_dp import FIRST_LAYER_WARNING
 
 ACCOUNTANT = "rdp"
 
@@ -62,7 +64,9 @@ def train_dp_sgd(model: nn.Module, data: ImageData, member_ids: np.ndarray, trai
             xb, yb = xb.to(device), yb.to(device)
             loss = F.cross_entropy(private(data.normalise(xb)), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=FIRST_LAYER_WARNING)
+                loss.backward()
             opt.step()
             sched.step()
             total, seen = total + loss.item() * len(yb), seen + len(yb)

@@ -12,6 +12,7 @@ samplers (the layer types it registers: Linear, Conv, ...), fed by hooks on the 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -21,6 +22,10 @@ from torch import Tensor, nn
 from ..data import ImageData
 from ..errors import LayerleakError
 from ..train import train_epochs
+
+
+# torch's note that the first layer's full backward hook sees no input gradient: the output gradient is all we use
+FIRST_LAYER_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
 
 
 def _sampler(module: nn.Module, name: str):
@@ -99,9 +104,11 @@ def train_layer_dp(model: nn.Module, data: ImageData, member_ids: np.ndarray, tr
     """Train ``model`` in place with clipping and noise on ``layers`` only; returns what was applied."""
     clipper = LayerClipNoise(model, layers, defence.clip, defence.noise_multiplier, seed)
     try:
-        for done, loss in train_epochs(model, data, member_ids, train_cfg, seed, device, before_step=clipper):
-            if progress is not None:
-                progress(done, loss)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=FIRST_LAYER_WARNING)
+            for done, loss in train_epochs(model, data, member_ids, train_cfg, seed, device, before_step=clipper):
+                if progress is not None:
+                    progress(done, loss)
     finally:
         clipper.remove()
     return {"layers": list(layers), "clip": defence.clip, "noise_multiplier": defence.noise_multiplier,
