@@ -215,7 +215,8 @@ def test_attack_data_from_table_and_registry():
         d.column("out.fc.max")
     with pytest.raises(LayerleakError, match="names"):
         AttackData(np.zeros((2, 2)), ["a"], [0, 1], [0, 1], [0, 0])
-    assert set(ATTACKS) == {"logistic", "nasr", "loss-threshold", "confidence-threshold"}
+    assert set(ATTACKS) == {"logistic", "nasr", "loss-threshold", "confidence-threshold", "lira", "lira-online",
+                            "lira-offline", "rmia"}
     assert isinstance(make_attack("logistic", C=2.0), LogisticAttack)
     with pytest.raises(LayerleakError, match="unknown attack 'svm'"):
         make_attack("svm")

@@ -21,8 +21,10 @@ import numpy as np
 from ..errors import LayerleakError
 from ..metrics import attack_metrics
 from ..schema import FEATURE_KINDS, LABEL, LOSS, MEMBER, SAMPLE_ID, layers_in, parse_column
+from .lira import LiraAttack, OfflineLiraAttack, OnlineLiraAttack
 from .logistic import LogisticAttack
 from .nasr import NasrAttack
+from .rmia import RmiaAttack
 from .threshold import ConfidenceThresholdAttack, LossThresholdAttack
 
 @dataclass
@@ -114,6 +116,11 @@ ATTACKS: dict[str, type] = {
     "nasr": NasrAttack,
     "loss-threshold": LossThresholdAttack,
     "confidence-threshold": ConfidenceThresholdAttack,
+    # calibrated with reference models: read the target's loss and the references' ref.<k>.loss / ref.<k>.in
+    "lira": LiraAttack,  # online unless mode="offline"
+    "lira-online": OnlineLiraAttack,
+    "lira-offline": OfflineLiraAttack,
+    "rmia": RmiaAttack,
 }
 
 
@@ -188,6 +195,7 @@ def evaluate(attack: Attack, train: AttackData, eval_data: AttackData) -> dict[s
 
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackData", "ConfidenceThresholdAttack", "LogisticAttack",
-    "LossThresholdAttack", "NasrAttack", "evaluate", "make_attack", "select_columns",
+    "ATTACKS", "Attack", "AttackData", "ConfidenceThresholdAttack", "LiraAttack", "LogisticAttack",
+    "LossThresholdAttack", "NasrAttack", "OfflineLiraAttack", "OnlineLiraAttack", "RmiaAttack", "evaluate",
+    "make_attack", "select_columns",
 ]

@@ -1,0 +1,120 @@
+"""Reference models' signals beside the target's, as columns of one attack table.
+
+Calibrated attacks (LiRA, RMIA, calibrated features) compare a sample's signal on the target with the
+same signal on reference models, each trained on a random half of a pool holding the sample (so the
+sample is IN for about half of them). The table the attacks read carries, per reference k, the
+reference's value of each needed column as ``ref.<k>.<column>`` and whether the sample was in its
+training half as ``ref.<k>.in`` (0/1), so they travel through ``AttackData`` and cross-fitting like
+any feature column.
+
+    table = join_references(target_features, {1: ref1_features, 2: ref2_features}, {1: ids1, 2: ids2})
+    values, inside = reference_matrix(AttackData.from_table(table, ["loss", *reference_columns(table)]), "loss")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import LayerleakError
+from ..schema import SAMPLE_ID
+
+if TYPE_CHECKING:
+    from . import AttackData
+
+REF_PREFIX = "ref."
+IN = "in"
+MIN_STD = 1e-6  # a floor on every fitted standard deviation: references that agree exactly give no zero division
+VARIANCES = ("global", "per-example")
+
+
+def ref_column(k: int, name: str) -> str:
+    """The column holding reference k's ``name`` (a feature column, or ``in`` for its membership bit)."""
+    return f"{REF_PREFIX}{k}.{name}"
+
+
+def parse_ref_column(name: str) -> tuple[int, str] | None:
+    """(k, column) of a ``ref.<k>.<column>`` name; None for any other column."""
+    if not name.startswith(REF_PREFIX):
+        return None
+    k, _, rest = name[len(REF_PREFIX):].partition(".")
+    return (int(k), rest) if k.isdigit() and rest else None
+
+
+def reference_columns(columns: Sequence[str], names: Sequence[str] = ("loss",)) -> list[str]:
+    """The ``ref.*`` columns of ``names`` and the membership bits, reference by reference."""
+    refs = sorted({p[0] for c in columns if (p := parse_ref_column(c))})
+    want = [*names, IN]
+    return [ref_column(k, n) for k in refs for n in want if ref_column(k, n) in set(columns)]
+
+
+def join_references(target: pa.Table, references: Mapping[int, pa.Table], members: Mapping[int, Sequence[int]],
+                    columns: Sequence[str] = ("loss",)) -> pa.Table:
+    """The target's table with each reference's ``columns`` and membership bit, aligned by ``sample_id``.
+
+    ``references[k]`` is reference k's features table (it must hold every sample of ``target``);
+    ``members[k]`` the sample ids reference k was trained on.
+    """
+    ids = np.asarray(target.column(SAMPLE_ID).to_numpy(), np.int64)
+    out = target
+    for k in sorted(references):
+        ref = references[k]
+        ref_ids = np.asarray(ref.column(SAMPLE_ID).to_numpy(), np.int64)
+        order = np.argsort(ref_ids, kind="stable")
+        pos = np.searchsorted(ref_ids[order], ids)
+        pos = np.minimum(pos, len(ref_ids) - 1)
+        found = ref_ids[order][pos] == ids if len(ref_ids) else np.zeros(len(ids), bool)
+        if not found.all():
+            missing = ids[~found][:5].tolist()
+            raise LayerleakError(f"reference {k}'s features lack {int((~found).sum())} audited samples, e.g. {missing}")
+        rows = order[pos]
+        for name in columns:
+            if name not in ref.column_names:
+                raise LayerleakError(f"reference {k}'s features have no column {name!r}")
+            values = np.asarray(ref.column(name).to_numpy(), np.float64)[rows]
+            out = out.append_column(ref_column(k, name), pa.array(values))
+        inside = np.isin(ids, np.asarray(members[k], np.int64)).astype(np.int8)
+        out = out.append_column(ref_column(k, IN), pa.array(inside))
+    return out
+
+
+def reference_matrix(data: "AttackData", name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values float64 [K, n], inside bool [K, n]): every reference's ``name`` and membership bit per sample."""
+    refs = sorted({p[0] for c in data.columns if (p := parse_ref_column(c)) and p[1] == name})
+    if not refs:
+        raise LayerleakError(f"calibrated attacks need reference models' {name!r} columns ({ref_column(1, name)}, ...); "
+                             "set references.count and run the population stage")
+    values = np.vstack([data.column(ref_column(k, name)) for k in refs])
+    inside = np.vstack([data.column(ref_column(k, IN)) for k in refs]).astype(bool)
+    return values, inside
+
+
+def reference_gaussians(values: np.ndarray, mask: np.ndarray, variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (mean, std) [n, ...] of ``values`` [K, n, ...] over the references where ``mask`` [K, n] holds.
+
+    ``global`` pools the within-sample variance over all samples (per trailing column); ``per-example``
+    uses each sample's own, falling back to the pooled one where it has fewer than two observations.
+    Standard deviations are floored at ``MIN_STD`` and at 1e-3 of the pooled one.
+    """
+    if variance not in VARIANCES:
+        raise LayerleakError(f"reference variance {variance!r}: choose one of {', '.join(VARIANCES)}")
+    values = np.asarray(values, np.float64)
+    mask = np.asarray(mask, bool).reshape(mask.shape + (1,) * (values.ndim - 2))
+    count = mask.sum(axis=0)
+    mean = np.where(mask, values, 0.0).sum(axis=0) / np.maximum(count, 1)
+    sq = np.where(mask, (values - mean) ** 2, 0.0).sum(axis=0)
+    dof = np.maximum(count - 1, 0)
+    pooled = np.sqrt(sq.sum(axis=0) / np.maximum(dof.sum(axis=0), 1))
+    if variance == "global":
+        std = np.broadcast_to(pooled, mean.shape)
+    else:
+        std = np.where(count >= 2, np.sqrt(sq / np.maximum(dof, 1)), pooled)
+    return mean, np.maximum(std, np.maximum(MIN_STD, 1e-3 * pooled))
+
+
+def lacking(mask: np.ndarray) -> int:
+    """How many samples (columns of ``mask`` [K, n]) have no reference on this side."""
+    return int((np.asarray(mask, bool).sum(axis=0) == 0).sum())

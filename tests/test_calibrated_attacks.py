@@ -1,0 +1,195 @@
+"""LiRA, RMIA and calibrated features against plain implementations of the papers' equations on fixed inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.stats import norm
+
+from mia_tasks.attacks import AttackData, make_attack
+from mia_tasks.attacks.lira import LOSS_FLOOR, confidence_from_loss, lira_scores, logit_confidence
+from mia_tasks.attacks.references import join_references, ref_column, reference_columns
+from mia_tasks.attacks.rmia import likelihood_ratio, rmia_scores
+from mia_tasks.calibration import calibrate, calibrate_table
+from mia_tasks.errors import LayerleakError
+from mia_tasks.metrics import auc
+from mia_tasks.uncertainty import crossfit_attack
+
+K, N = 8, 24
+
+
+@pytest.fixture
+def refs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Target confidences [N], reference confidences [K, N], membership [K, N] with >= 2 IN and OUT per sample."""
+    rng = np.random.default_rng(7)
+    inside = np.zeros((K, N), bool)
+    for i in range(N):
+        inside[rng.choice(K, K // 2, replace=False), i] = True
+    difficulty = rng.normal(0, 2, N)
+    ref_phi = difficulty + 1.5 * inside + rng.normal(0, 0.7, (K, N))
+    phi = difficulty + rng.normal(0.6, 0.7, N)
+    return phi, ref_phi, inside
+
+
+def _plain_mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _plain_pooled(ref_phi: np.ndarray, inside: np.ndarray, side: bool) -> float:
+    ss, dof = 0.0, 0
+    for i in range(ref_phi.shape[1]):
+        vals = [ref_phi[k, i] for k in range(ref_phi.shape[0]) if inside[k, i] == side]
+        m = sum(vals) / len(vals)
+        ss += sum((v - m) ** 2 for v in vals)
+        dof += len(vals) - 1
+    return math.sqrt(ss / dof)
+
+
+def _plain_lira(phi, ref_phi, inside, mode, variance):
+    """Carlini et al.'s equations, one sample at a time."""
+    scores = []
+    pooled = {side: _plain_pooled(ref_phi, inside, side) for side in (True, False)}
+    for i in range(len(phi)):
+        fit = {}
+        for side in (True, False):
+            vals = [ref_phi[k, i] for k in range(ref_phi.shape[0]) if inside[k, i] == side]
+            m, s = _plain_mean_std(vals)
+            fit[side] = (m, pooled[side] if variance == "global" else s)
+        if mode == "offline":
+            scores.append(-math.log(norm.sf(phi[i], *fit[False])))
+        else:
+            scores.append(math.log(norm.pdf(phi[i], *fit[True])) - math.log(norm.pdf(phi[i], *fit[False])))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+@pytest.mark.parametrize("variance", ["global", "per-example"])
+def test_lira_matches_the_papers_equations(refs, mode, variance):
+    phi, ref_phi, inside = refs
+    np.testing.assert_allclose(lira_scores(phi, ref_phi, inside, mode, variance), _plain_lira(phi, ref_phi, inside, mode, variance),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_logit_scaled_confidence_is_stable_and_agrees_with_the_loss():
+    logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [50.0, -50.0, 10.0], [-3.0, 800.0, 1.0]])
+    labels = np.array([0, 2, 0, 1])
+    p = np.exp(logits[:2] - logits[:2].max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    py = p[np.arange(2), labels[:2]]
+    phi = logit_confidence(logits, labels)
+    np.testing.assert_allclose(phi[:2], np.log(py / (1 - py)), rtol=1e-12)
+    np.testing.assert_allclose(phi[2], 40.0, rtol=1e-12)  # 50 - logsumexp(-50, 10): p_y rounds to 1 in float64
+    np.testing.assert_allclose(phi[3], 800.0 - np.logaddexp(-3.0, 1.0), rtol=1e-12)  # no overflow
+    z = logits - logits.max(1, keepdims=True)
+    loss = -(z[np.arange(4), labels] - np.log(np.exp(z).sum(1)))
+    np.testing.assert_allclose(confidence_from_loss(loss[:2]), phi[:2], rtol=1e-9)
+    assert loss[2] == 0.0  # p_y = 1 - 4e-18 rounds to 1: from the loss, phi is capped (the same cap for every model)
+    cap = confidence_from_loss(np.array([0.0, 1e-30, LOSS_FLOOR]))
+    np.testing.assert_allclose(cap, -LOSS_FLOOR - np.log(LOSS_FLOOR), rtol=1e-12)
+    assert 34 < cap[0] < phi[2]
+
+
+def _plain_rmia(p, ref_p, inside, a, gamma, mode, z):
+    """Zarifzadeh et al.'s score, with loops: the fraction of z with LR(x)/LR(z) > gamma, x never its own z."""
+    def prior(i):
+        if mode == "online":
+            return sum(ref_p[:, i]) / ref_p.shape[0]
+        outs = [ref_p[k, i] for k in range(ref_p.shape[0]) if not inside[k, i]]
+        return (1 + a) / 2 * sum(outs) / len(outs) + (1 - a) / 2
+
+    lr = [p[i] / prior(i) for i in range(len(p))]
+    scores = []
+    for i in range(len(p)):
+        others = [j for j in z if j != i]
+        scores.append(sum(lr[i] / lr[j] > gamma for j in others) / len(others))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("mode,a,gamma", [("offline", 0.3, 1.0), ("offline", 0.0, 2.0), ("online", 0.3, 0.5)])
+def test_rmia_matches_the_papers_equations(refs, mode, a, gamma):
+    phi, ref_phi, inside = refs
+    p, ref_p = 1 / (1 + np.exp(-phi)), 1 / (1 + np.exp(-ref_phi))
+    z = np.arange(0, N, 2)  # the population: every other sample
+    ids = np.arange(N) + 100
+    lr = likelihood_ratio(p, ref_p, inside, mode, a)
+    got = rmia_scores(lr, lr[z], gamma, ids, ids[z])
+    np.testing.assert_allclose(got, _plain_rmia(p, ref_p, inside, a, gamma, mode, z), rtol=0, atol=1e-12)
+
+
+def test_calibrated_features_match_a_direct_computation(refs):
+    _, ref_phi, inside = refs
+    rng = np.random.default_rng(3)
+    scale = np.array([1.0, 100.0, 1e-3])
+    ref = rng.normal(size=(K, N, 3)) * scale + ref_phi[..., None]
+    x = rng.normal(size=(N, 3)) * scale
+    off, on = calibrate(x, ref, inside, "offline"), calibrate(x, ref, inside, "online")
+    for i in range(N):
+        for j in range(3):
+            m_out, s_out = _plain_mean_std([ref[k, i, j] for k in range(K) if not inside[k, i]])
+            m_in, s_in = _plain_mean_std([ref[k, i, j] for k in range(K) if inside[k, i]])
+            assert off[i, j] == pytest.approx((x[i, j] - m_out) / s_out, rel=1e-9)
+            assert on[i, j] == pytest.approx(norm.logpdf(x[i, j], m_in, s_in) - norm.logpdf(x[i, j], m_out, s_out), rel=1e-9, abs=1e-9)
+    np.testing.assert_array_equal(calibrate(x, ref, inside, "none"), x)
+    with pytest.raises(LayerleakError, match="no IN reference"):
+        calibrate(x, ref, np.zeros_like(inside), "online")
+
+
+def _population(n: int = 200, k: int = 16, seed: int = 0):
+    """Feature tables of a target and k references over one pool of n samples: per-sample difficulty dominates the
+    loss, membership lowers it a little (what calibration is for); plus one gradient column tied to the loss."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.lognormal(0, 1, n)
+    member = np.zeros((k + 1, n), bool)
+    for m in range(k + 1):
+        member[m, rng.choice(n, n // 2, replace=False)] = True
+    loss = difficulty * np.exp(-0.5 * member + rng.normal(0, 0.15, (k + 1, n)))
+    ids = np.arange(1000, 1000 + n)
+    tables = [pa.table({"sample_id": ids, "label": ids % 10, "member": member[m], "loss": loss[m],
+                        "grad.fc.l2": 3 * loss[m] + rng.normal(0, 0.01, n)}) for m in range(k + 1)]
+    return tables, {m: ids[member[m]] for m in range(1, k + 1)}
+
+
+def test_join_references_aligns_by_sample_id():
+    tables, members = _population(n=30, k=3)
+    shuffled = {m: tables[m].take(np.random.default_rng(m).permutation(30)) for m in members}
+    joined = join_references(tables[0], shuffled, members, columns=["loss", "grad.fc.l2"])
+    for m in members:
+        np.testing.assert_array_equal(joined.column(ref_column(m, "loss")).to_numpy(), tables[m].column("loss").to_numpy())
+        np.testing.assert_array_equal(joined.column(ref_column(m, "in")).to_numpy(), tables[m].column("member").to_numpy())
+    assert reference_columns(joined.column_names) == [ref_column(m, c) for m in (1, 2, 3) for c in ("loss", "in")]
+    with pytest.raises(LayerleakError, match="lack 5 audited samples"):
+        join_references(tables[0], {1: tables[1].slice(5)}, members)
+
+
+def test_calibrated_attacks_beat_the_loss_threshold_when_difficulty_varies():
+    tables, members = _population()
+    joined = join_references(tables[0], dict(enumerate(tables[1:], 1)), members)
+    cols = ["loss", *reference_columns(joined.column_names)]
+    data = AttackData.from_table(joined, cols)
+    result = {}
+    attacks = {"loss-threshold": {}, "lira": {}, "lira-offline": {}, "rmia": {}, "rmia-offline": {"mode": "offline", "a": 1.0}}
+    for name, options in attacks.items():
+        cf = crossfit_attack(lambda: make_attack(name.removesuffix("-offline") if "rmia" in name else name, **options), data, k=5, seed=0)
+        result[name] = auc(cf.y, cf.scores)
+    assert result["loss-threshold"] < 0.7
+    for name in ("lira", "lira-offline", "rmia", "rmia-offline"):
+        assert result[name] > result["loss-threshold"] + 0.15, result
+    with pytest.raises(LayerleakError, match="reference models' 'loss' columns"):
+        make_attack("lira").fit(AttackData.from_table(tables[0], ["loss"]))
+
+
+def test_calibrate_table_replaces_columns_in_place():
+    tables, members = _population(n=60, k=16)
+    joined = join_references(tables[0], dict(enumerate(tables[1:], 1)), members, columns=["loss", "grad.fc.l2"])
+    cal = calibrate_table(joined, ["grad.fc.l2"], "offline")
+    assert cal.column_names == joined.column_names
+    np.testing.assert_array_equal(cal.column("loss").to_numpy(), joined.column("loss").to_numpy())
+    y = joined.column("member").to_numpy()
+    g = cal.column("grad.fc.l2").to_numpy()
+    assert auc(y, -g) > auc(y, -joined.column("grad.fc.l2").to_numpy()) + 0.1
+    with pytest.raises(LayerleakError, match="needs every reference model's features"):
+        calibrate_table(tables[0], ["grad.fc.l2"], "offline")
