@@ -21,20 +21,23 @@ def _train(cfg: Config, rd: RunDir, hashes: dict, args) -> None:
 
 def _extract(cfg: Config, rd: RunDir, hashes: dict, args):
     from .extract import extract_flow
+    from .population import extract_models
 
     data, splits, _ = train_flow(cfg, rd, hashes)
     with stage("extract"):
         layers = layer_table(load_target(cfg, rd, data), data, cfg.features.layers)
         extract_flow(cfg, rd, hashes, splits.table, layers)
+        extract_models(cfg, rd, hashes, splits, layers)  # the population's other models, when there are any
     return splits, load_features(rd, hashes["features"])
 
 
 def _sweep(cfg: Config, rd: RunDir, hashes: dict, args):
+    from .population import target_inputs
     from .sweep import sweep_flow
 
     splits, features = _extract(cfg, rd, hashes, args)
     with stage("sweep"):
-        report = sweep_flow(cfg, rd, hashes, splits, features)
+        report = sweep_flow(cfg, rd, hashes, splits, features, others=target_inputs(cfg, rd, hashes, splits))
     print(shapley_text(report), end="")
     return splits, features
 

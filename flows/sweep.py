@@ -16,6 +16,7 @@ pairwise difference an interval, and the verdicts follow in order (mia_tasks.unc
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 
 import numpy as np
@@ -30,12 +31,13 @@ from mia_tasks.players import make_players, player_columns
 from mia_tasks.rundir import SHAPLEY, RunDir, stamp, sweep_part
 from mia_tasks.schema import LOSS
 from mia_tasks.splits import Splits
+from mia_tasks.between_targets import between_target_summary
 from mia_tasks.sweeptable import read_sweep, shapley_report, sweep_rows, target_block
 
 from .actors import actor_pool, pool_size
 from .runtime import held_device, init_ray, stage_gpus
 
-TARGET = 0  # one target per OUT for now; several (split.targets) will key their rows by their index
+TARGET = 0  # OUT's own target; targets 1..T-1 (split.targets, flows.population) key their rows by their index
 
 
 class Fitter:
@@ -63,8 +65,12 @@ class Fitter:
         return len(coalitions)
 
 
-def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
-    """Cross-fit every missing (target, coalition), then write OUT/shapley.json; returns its content."""
+def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features,
+               others: Sequence[tuple[Splits, Features]] = ()) -> dict:
+    """Cross-fit every missing (target, coalition), then write OUT/shapley.json; returns its content.
+
+    ``others``: (splits, features) of targets 1..T-1 (each its own model's features and membership); with
+    them shapley.json holds one block per target and the between-target means and ranking stability."""
     players = make_players(cfg.sweep.players, features.layers)
     L = len(players)
     if cfg.sweep.method == "exact" and L > cfg.sweep.max_exact_players:
@@ -72,7 +78,8 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                              f"{cfg.sweep.max_exact_players}): group layers into players (--set sweep.players=groups) "
                              f"or estimate by sampling (--set sweep.method=sampled)")
     cols = player_columns(players, cfg.sweep.kinds, features.constant)
-    data = attack_data(features, splits, [c for pc in cols for c in pc])
+    targets = [(splits, features), *others]
+    datas = [attack_data(f, s, [c for pc in cols for c in pc]) for s, f in targets]
     attack = {"folds": cfg.attack.folds, "seed": cfg.seed, "C": cfg.attack.C, "transform": cfg.attack.transform}
     with ExitStack() as stack:  # the fitters, started on the first fit, are killed however the sweep ends
         fitters = None  # the Pool, once started
@@ -88,40 +95,46 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
             if fitters is None:
                 init_ray(cfg.ray)
                 gpus = stage_gpus("sweep.device", cfg.sweep.device)
-                data_refs.append(ray.put(data))
+                data_refs.extend(ray.put(d) for d in datas)
                 n = pool_size(len(jobs), gpus, cfg.ray.fit_actors, "sweep", "ray.fit_actors")
                 fitters = stack.enter_context(actor_pool(Fitter, ([len(c) for c in cols], rd, hashes["sweep"], attack, bool(gpus)),
                                                          n, gpu=bool(gpus), max_retries=cfg.ray.max_retries))
             total = sum(len(m) for _, m in jobs)
             start = time.perf_counter()
-            fitters.map(lambda a, job: a.fit.remote(data_refs[0], *job), jobs, "sweep", "coalition",
+            fitters.map(lambda a, job: a.fit.remote(data_refs[job[0]], *job), jobs, "sweep", "coalition",
                         size=lambda n_done: n_done, total=total)
             print(f"[layerleak] sweep: {total} coalitions cross-fitted ({cfg.attack.folds} folds) in {time.perf_counter() - start:.1f}s")
 
         table = read_sweep(rd, hashes["sweep"])
         if cfg.sweep.method == "exact":
-            missing = missing_coalitions(table, L)
+            missing = missing_coalitions(table, L, len(targets))
             if missing:
                 n_have = sum(len(v) for v in table.values())
-                print(f"[layerleak] sweep: {L} players: {n_have} of {2 ** L - 1} coalitions present, "
+                print(f"[layerleak] sweep: {L} players: {n_have} of {len(targets) * (2 ** L - 1)} (target, coalition)s present, "
                       f"fitting {sum(len(v) for v in missing.values())}")
             evaluate(missing)
-            sampled = None
+            sampled = [None] * len(targets)
         else:
             from mia_tasks.shapley import sampled_shapley
 
-            def value_fn(masks: np.ndarray) -> np.ndarray:
-                """v(S) of the given non-empty coalitions (sampled_shapley holds v(∅)), fitting those not in OUT yet."""
-                have = read_sweep(rd, hashes["sweep"]).get(TARGET, {})
-                evaluate({TARGET: np.unique(np.array([m for m in masks if m not in have], np.int64))})
-                have = read_sweep(rd, hashes["sweep"]).get(TARGET, {})
-                return np.array([have[m]["accuracy"] for m in masks])
+            sampled = []
+            for t in range(len(targets)):
+                def value_fn(masks: np.ndarray, t: int = t) -> np.ndarray:
+                    """v(S) of target t's given non-empty coalitions (sampled_shapley holds v(∅)), fitting those not in OUT yet."""
+                    have = read_sweep(rd, hashes["sweep"]).get(t, {})
+                    evaluate({t: np.unique(np.array([m for m in masks if m not in have], np.int64))})
+                    have = read_sweep(rd, hashes["sweep"]).get(t, {})
+                    return np.array([have[m]["accuracy"] for m in masks])
 
-            est = sampled_shapley(value_fn, L, max_permutations=cfg.sweep.permutations, tol=cfg.sweep.tol, seed=cfg.seed)
-            sampled = {"permutations": int(est.n_permutations), "seed": cfg.seed}
+                est = sampled_shapley(value_fn, L, max_permutations=cfg.sweep.permutations, tol=cfg.sweep.tol, seed=cfg.seed)
+                sampled.append({"permutations": int(est.n_permutations), "seed": cfg.seed})
         table = read_sweep(rd, hashes["sweep"])
-    baseline, _ = out_of_fold("loss-threshold", features, splits, [LOSS], cfg.attack.folds, cfg.seed)
-    block = target_block(table[TARGET], data["y"], players, features, baseline, cfg.attack.bootstrap, cfg.seed, TARGET, sampled)
-    report = shapley_report([block], cfg, hashes["sweep"], sampled)
+    blocks = []
+    for t, ((s, f), d) in enumerate(zip(targets, datas)):
+        baseline, _ = out_of_fold("loss-threshold", f, s, [LOSS], cfg.attack.folds, cfg.seed)
+        blocks.append(target_block(table[t], d["y"], players, f, baseline, cfg.attack.bootstrap, cfg.seed, t, sampled[t]))
+    report = shapley_report(blocks, cfg, hashes["sweep"], sampled[0])
+    if len(blocks) > 1:
+        report["between_targets"] = between_target_summary(blocks)
     rd.write_json(SHAPLEY, report)
     return report

@@ -1,6 +1,13 @@
-"""Stages 1-2: membership splits and the target model (trained in a Ray task, on a GPU when one exists).
+"""Stages 1-2: membership splits and the target model (trained in a Ray task, on a GPU when one exists), and
+the population's other models (several targets, references: mia_tasks.population) in parallel tasks.
 
     layerleak train --out runs/default
+    layerleak train --out runs/refs --set references.count=16
+
+Model k >= 1 is a unit OUT/models/<k>/ of the target's layout: its task writes target/model.pt, then
+target/metrics.json, and the unit is reused only when both are there, current and loadable, so a
+killed run retrains only the models it had not finished. One task per GPU where there are GPUs, else
+one CPU each (training keeps one thread: its results depend on it).
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ import torch
 from tqdm import tqdm
 
 from mia_tasks.config import Config
+from mia_tasks.population import Population, model_config, model_hashes
 from mia_tasks.data import ImageData, load_dataset
-from mia_tasks.rundir import MEMBERS, SPLITS, TARGET_METRICS, RunDir, is_current, stamp
+from mia_tasks.rundir import MEMBERS, SPLITS, TARGET_METRICS, RunDir, is_current, model_run, stamp
 from mia_tasks.splits import Splits, make_splits
 from mia_tasks.target import build_target, load_target, save_target, saved_state
 from mia_tasks.train import correct_batches, for_inference, train_epochs
 
-from .progress import interactive
+from .population import run_population
+from .progress import interactive, progress
 from .runtime import held_device, init_ray, remote_errors, stage, stage_gpus
 
 
@@ -38,8 +47,7 @@ def run_splits(cfg: Config, rd: RunDir, hashes: dict, data: ImageData) -> Splits
     return splits
 
 
-@ray.remote
-def _target_task(cfg: Config, rd: RunDir, member_ids: np.ndarray, state: dict | None, gpu: bool) -> Iterator[dict]:
+def train_events(cfg: Config, rd: RunDir, member_ids: np.ndarray, state: dict | None, gpu: bool) -> Iterator[dict]:
     """Train and save the target (``state`` None) or load a pretrained ``state``, then measure its accuracy on
     the members and the test split, batched in inference mode.
 
@@ -70,6 +78,9 @@ def _target_task(cfg: Config, rd: RunDir, member_ids: np.ndarray, state: dict | 
     yield {"metrics": {**acc, "members": len(y), "test_size": len(data.test_y), "epochs": 0 if state is not None else cfg.train.epochs,
                        "device": str(device), "wall_s": round(trained - start, 2),
                        "measure_s": round(time.perf_counter() - trained, 2)}}
+
+
+_target_task = ray.remote(train_events)
 
 
 def _items(events: ray.ObjectRefGenerator) -> Iterator[dict]:
@@ -151,10 +162,73 @@ def run_target(cfg: Config, rd: RunDir, hashes: dict, data: ImageData, splits: S
     return metrics
 
 
+def _model_task(cfg: Config, rd: RunDir, member_ids: np.ndarray, gpu: bool, hashes: dict, k: int) -> dict:
+    """Train model k, save its checkpoint, measure it and write its metrics.json (last: the unit is whole)."""
+    metrics = None
+    for event in train_events(cfg, rd, member_ids, None, gpu):
+        metrics = event.get("metrics", metrics)
+    metrics.update(**stamp("target", hashes), model=k, seed=cfg.seed,
+                   overfit_gap=round(metrics["train_accuracy"] - metrics["test_accuracy"], 4))
+    rd.write_json(TARGET_METRICS, metrics)
+    return metrics
+
+
+def _finished(cfg: Config, rd: RunDir, hashes: dict, k: int) -> dict | None:
+    """Model k's metrics when its unit is whole and current (metrics and a loadable checkpoint), else None."""
+    unit = model_run(rd, k)
+    metrics = unit.read_derived(TARGET_METRICS, unit.read_json)
+    if is_current(metrics, "target", model_hashes(hashes, k)) and saved_state(unit) is not None:
+        return metrics
+    return None
+
+
+def start_models(cfg: Config, rd: RunDir, hashes: dict, population: Population | None) -> dict[int, ray.ObjectRef]:
+    """Submit a training task for every model k >= 1 not finished yet (they run while the target trains)."""
+    if population is None:
+        return {}
+    todo = [k for k in range(1, population.size) if _finished(cfg, rd, hashes, k) is None]
+    reused = population.size - 1 - len(todo)
+    if reused:
+        print(f"[layerleak] models: reusing {reused} finished model(s) in {rd.uri}/models", flush=True)
+    if not todo:
+        return {}
+    init_ray(cfg.ray)
+    gpu = 1 if stage_gpus("train.device", cfg.train.device) else 0
+    task = ray.remote(_model_task).options(num_gpus=gpu, num_cpus=1, max_retries=cfg.ray.max_retries, name="model_task")
+    return {k: task.remote(model_config(cfg, k), model_run(rd, k), population.members(k), bool(gpu), model_hashes(hashes, k), k)
+            for k in todo}
+
+
+def finish_models(refs: dict[int, ray.ObjectRef], since: float) -> list[dict]:
+    """Wait for the training tasks submitted at ``since`` (in short steps, so Ctrl-C is seen), a bar over models;
+    their metrics."""
+    if not refs:
+        return []
+    pending, done = list(refs.values()), []
+    with progress(len(pending), "train models", "model") as bar, remote_errors():
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            for ref in ready:
+                done.append(ray.get(ref))
+                bar.update(1)
+    accs = [m["test_accuracy"] for m in done]
+    print(f"[layerleak] models: {len(done)} trained in {time.perf_counter() - since:.1f}s since submitted "
+          f"(test acc {min(accs):.3f}-{max(accs):.3f})", flush=True)
+    return done
+
+
 def train_flow(cfg: Config, rd: RunDir, hashes: dict) -> tuple[ImageData, Splits, dict]:
+    """Splits, the population's halves (several targets, references), the target and the population's other
+    models: their tasks are submitted first, so they train in parallel with the target."""
     with stage("splits"):
         data = load_dataset(cfg.dataset)
         splits = run_splits(cfg, rd, hashes, data)
+        population = run_population(cfg, rd, hashes, splits)
+    submitted = time.perf_counter()
+    models = start_models(cfg, rd, hashes, population)
     with stage("target"):
         metrics = run_target(cfg, rd, hashes, data, splits)
+    if population is not None:
+        with stage("models"):
+            finish_models(models, submitted)
     return data, splits, metrics

@@ -112,6 +112,8 @@ class SplitConfig:
     members: int | None = field(default=70, metadata=allow(POSITIVE_INT.or_null()))  # target training set size; None = the whole train split
     nonmembers: int = field(default=70, metadata=allow(POSITIVE_INT))  # non-member pool size
     audit: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # audited samples per side; None = min(members, nonmembers)
+    # targets audited, each trained on its own random half of the population pool (mia_tasks.population)
+    targets: int = field(default=1, metadata=allow(POSITIVE_INT))
 
 
 @dataclass
@@ -168,6 +170,35 @@ class SweepConfig:
 
 
 @dataclass
+class ReferencesConfig:
+    """Reference models: trained like the target, each on its own random half of the population pool, so each
+    audited sample is IN for about half of them (calibrated attacks); targets serve as each other's references."""
+    count: int = field(default=0, metadata=allow(integer(0)))  # K reference models per target
+
+
+def _defences() -> list[str]:
+    from .defences import DEFENCES
+
+    return list(DEFENCES)
+
+
+@dataclass
+class DefenceConfig:
+    """``layerleak defend``: a defended target trained on the same members with the same recipe, audited again."""
+    name: str = field(default="dp-sgd", metadata=allow(choice(_defences)))  # dp-sgd | layer-dp | regularise
+    epsilon: float = field(default=8.0, metadata=allow(POSITIVE))  # dp-sgd: the target ε
+    delta: float | None = field(default=None, metadata=allow(number(0, 1, lo_open=True, hi_open=True).or_null()))  # dp-sgd; None = 1/members
+    max_grad_norm: float = field(default=1.0, metadata=allow(POSITIVE))  # dp-sgd: per-sample clipping norm
+    per_layer_clipping: bool = field(default=False, metadata=allow(boolean()))  # dp-sgd: each layer to max_grad_norm/sqrt(#params tensors)
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # layer-dp: None = the top player(s) by Shapley value
+    top: int = field(default=1, metadata=allow(POSITIVE_INT))  # layer-dp: how many top players when layers is None
+    clip: float = field(default=1.0, metadata=allow(POSITIVE))  # layer-dp: per-sample clipping norm of the chosen layers
+    noise_multiplier: float = field(default=1.0, metadata=allow(number(0)))  # layer-dp: noise std / clip
+    weight_decay: float = field(default=0.01, metadata=allow(number(0)))  # regularise
+    epochs: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # regularise: early stopping; None = train.epochs
+
+
+@dataclass
 class RayConfig:
     address: str | None = field(default=None, metadata=allow(text("a Ray address host:port or ray://host:port").or_null()))  # None = RAY_ADDRESS or a new local instance
     extract_actors: int = field(default=2, metadata=allow(POSITIVE_INT))  # CPU extractor actors when there is no GPU
@@ -191,6 +222,8 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    references: ReferencesConfig = field(default_factory=ReferencesConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
@@ -294,11 +327,14 @@ STAGE_SECTIONS = {
     "target": ("seed", "dataset", "split", "model", "train"),
     "features": ("seed", "dataset", "split", "model", "train", "features", "feature_schema"),
     "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", *ATTACK_SETTINGS["logistic"].values(), "sweep"),
+    # the population pool's model halves (mia_tasks.population): its own stage, so adding targets or references
+    # keeps the splits, the target and the models already trained (each model's half depends on its index only)
+    "population": ("seed", "dataset", "split", "model.checkpoint", "population"),
 }
 # Versions of the code's output formats that change a stage's results as a setting would.
 CODE_VERSIONS = {"feature_schema": SCHEMA_VERSION}
 RESULT_FREE = {"dataset.root", "dataset.download", "train.device", "features.device", "features.batch_size",
-               "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint"}
+               "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint", "split.targets"}
 
 
 def _select(tree: dict[str, Any], key: str) -> Any:
@@ -323,9 +359,9 @@ def stage_hashes(cfg: Config, content: str = "") -> dict[str, str]:
     tree = _strip(cfg.to_dict(), "")
     if content:
         tree["dataset"]["content"] = content
-    versioned = {**tree, **CODE_VERSIONS}
+    versioned = {**tree, **CODE_VERSIONS, "population": {"targets": cfg.split.targets, "references": cfg.references.count}}
     out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
-    out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output")})
+    out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output", "defence")})  # defences: own hashes
     return out
 
 

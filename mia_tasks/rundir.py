@@ -46,7 +46,30 @@ ATTACKS = "attacks"
 EXPERIMENTS = "experiments"
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 PLOTS = {"shapley": "plots/shapley.png", "single_layer": "plots/single_layer.png", "groups": "plots/groups.png",
-         "roc": "plots/roc.png"}
+         "roc": "plots/roc.png", "defences": "plots/defences.png"}
+DEFENCES = "defences"  # OUT/defences/<name>/: a defended target and its audit, a run folder of the same layout
+POPULATION = "population.parquet"  # the population pool: sample_id, label, in.<k> (model k trains on it) per model
+MODELS = "models"  # OUT/models/<k>/ for k >= 1: another model of the population (a target or a reference), a run
+# folder of the same layout (target/model.pt, target/metrics.json, features/part-*.parquet); model 0 is OUT's own target
+
+
+def model_dir(k: int) -> str:
+    """OUT/models/<k>: model k (>= 1) of the population, a unit of the same layout (open it with ``model_run``)."""
+    if k < 1:
+        raise LayerleakError(f"model {k}: model 0 is OUT's own target, the others are 1, 2, ...")
+    return f"{MODELS}/{k}"
+
+
+def model_run(rd: RunDir, k: int) -> RunDir:
+    """Model k's run folder: OUT itself for model 0 (the target), OUT/models/<k> for the others."""
+    return rd if k == 0 else rd.nested(model_dir(k))
+
+
+def defence_dir(name: str) -> str:
+    """OUT/defences/<name>: one defence's folder (open it with ``RunDir.nested``)."""
+    if not name or "/" in name or name.startswith("."):
+        raise LayerleakError(f"defence name {name!r} cannot name a folder")
+    return f"{DEFENCES}/{name}"
 
 
 def feature_part(shard: int) -> str:
@@ -84,7 +107,7 @@ SETTINGS_KEY = "settings"
 STAMPS = {  # output -> (the key its hash is stored under, the stage whose hash it is)
     "splits": (HASH_KEY, "splits"), "target": (HASH_KEY, "target"), "features": (HASH_KEY, "features"),
     "sweep": (HASH_KEY, "sweep"), "shapley": (HASH_KEY, "sweep"), "attack": (HASH_KEY, "features"),
-    "experiment": ("features_hash", "features"),
+    "experiment": ("features_hash", "features"), "population": (HASH_KEY, "population"),
 }
 # Which files prove that a stage has outputs in OUT (a config.yaml of another config is refused then).
 STAGE_OUTPUTS = {"splits": SPLITS, "target": TARGET_METRICS, "features": FEATURES, "sweep": SWEEP}
@@ -119,6 +142,7 @@ class RunDir:
             self.run_id = run_id or out.run_id
             return
         self.run_id = run_id
+        self.parent: RunDir | None = None  # the run folder whose lock this one writes under (a nested one's)
         self.uri = str(out)
         if "://" in self.uri and not self.uri.startswith("file://"):
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
@@ -143,6 +167,11 @@ class RunDir:
         info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
         return sorted(i.base_name for i in info if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
                       and not i.base_name.startswith("."))
+
+    def subfolders(self, rel: str) -> list[str]:
+        """Names of the folders directly in folder ``rel``, sorted (e.g. the defences in OUT/defences)."""
+        info = self.fs.get_file_info(pafs.FileSelector(self.path(rel), allow_not_found=True))
+        return sorted(i.base_name for i in info if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
 
     def delete(self, rel: str) -> None:
         if self.exists(rel):
@@ -178,6 +207,13 @@ class RunDir:
                 raise
             raise LayerleakError(f"cannot write {final}: {e.strerror or e}; choose a writable --out") from None
 
+    def nested(self, rel: str) -> RunDir:
+        """OUT/<rel> as a run folder of the same layout (a defence's audit), written under OUT's own lock."""
+        sub = RunDir(self)
+        sub.root, sub.uri = self.path(rel), f"{self.uri.rstrip('/')}/{rel}"
+        sub.parent = self.parent or self
+        return sub
+
     def unowned(self) -> RunDir:
         """The same OUT without a run id: its writes skip the owner check (the marker, the lock's own record)."""
         plain = RunDir(self)
@@ -188,7 +224,7 @@ class RunDir:
         """Before a commit: refuse (and so drop ``rel``) unless OUT/.lock still names this RunDir's run."""
         if self.run_id is None:
             return
-        holder = read_holder(self)
+        holder = read_holder(self.parent or self)
         if holder is None or holder.get("run_id") != self.run_id:
             raise LayerleakError(f"run {self.run_id} no longer holds OUT {self.uri} ({holder_text(holder)}); "
                                  f"dropped {rel} instead of writing it")

@@ -49,6 +49,7 @@ def build_report(config: dict, hashes: dict, target: dict | None, layers: list[d
         "leakage_detected": None if first is None else bool(shapley["leakage_detected"]),
         "verdicts": verdict_list(first),
         "targets": [{k: v for k, v in t.items() if k != "values"} for t in targets],  # every v(S): under "shapley"
+        "between_targets": (shapley or {}).get("between_targets"),  # several targets: means with t-intervals
         "config": config,
         "config_hash": hashes.get("config"),
         "hashes": hashes,

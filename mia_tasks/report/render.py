@@ -7,8 +7,10 @@ import html
 import re
 from collections.abc import Sequence
 
+from .defences import defence_blocks
 from .plots import PLOTS
 from .stats import ALPHA, fmt, metric
+from .targets import targets_blocks
 
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "auc", "tpr@1%", "tpr@0.1%", "far")
 NASR_NOTE = (" Nasr attack: its attack model reads the raw per-sample weight gradients and output activations of "
@@ -52,6 +54,7 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     b += _headline_blocks(report)
     if first:
         b += _differences_blocks(first)
+    b += targets_blocks(report)
     b.append(("h", 2, f"Does this run support '{report['claim_tested']}'?"))
     b.append(("p", f"**{report['conclusion']['verdict'].upper()}.** {report['conclusion']['text']}"))
     pd = report.get("params_depth_test")
@@ -89,6 +92,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
         for key in ("single_layer", "groups"):
             if PLOTS[key] in plots:
                 b.append(("img", PLOTS[key], key.replace("_", "-") + " experiments"))
+    b += defence_blocks(report)
+    if PLOTS["defences"] in plots:
+        b.append(("img", PLOTS["defences"], "utility versus leakage across defences"))
     if report.get("ignored"):
         b.append(("h", 2, "Left out"))
         b.append(("ul", [f"{x} (made by another config)" for x in report["ignored"]]))

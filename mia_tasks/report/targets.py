@@ -1,0 +1,32 @@
+"""The report's section on several targets (``split.targets``): each target's headline numbers and the
+between-target means with their t-intervals, and the stability of the players' ranking."""
+
+from __future__ import annotations
+
+from .stats import fmt
+
+
+def targets_blocks(report: dict) -> list[tuple]:
+    """Blocks (render.py's kinds) for several targets; none for a single target."""
+    between, targets = report.get("between_targets"), report.get("targets") or []
+    if not between or len(targets) < 2:
+        return []
+    names = [p["player"] for p in targets[0]["players"]]
+    header = ["target", "leakage", "v(all)", "AUC (all layers)", "AUC (loss)", *[f"φ({n})" for n in names]]
+    rows = [[str(t["target"]), "yes" if t["leakage_detected"] else "no", fmt(t["v_all"], 4),
+             fmt(t["all_layers"].get("auc"), 4), fmt(t["baseline"].get("auc"), 4),
+             *[fmt(p["shapley"], 4) for p in t["players"]]] for t in targets]
+    rows.append([f"mean of {between['targets']}", f"{between['leakage_detected']}/{between['targets']}",
+                 fmt(between["v_all"], 4), fmt(between["all_layers"].get("auc"), 4), fmt(between["baseline"].get("auc"), 4),
+                 *[fmt(p["shapley"], 4) for p in between["players"]]])
+    out: list[tuple] = [("h", 2, f"Several targets ({between['targets']})"),
+                        ("p", "Each target is trained on its own random half of one population pool and audited on the same "
+                              "samples with its own membership. Per target: value [95% bootstrap interval over its audited "
+                              "samples]; the mean row: mean over targets [95% t-interval, n = targets], the variance of "
+                              "training a target included."),
+                        ("table", header, rows)]
+    rs = between.get("ranking_stability")
+    if rs:
+        out.append(("p", f"Ranking stability across targets: Kendall's W = {rs['kendall_w']:.3f} (p = {rs['kendall_w_p_value']:.3g}; "
+                         f"1 = the same ranking in every target), mean pairwise Spearman {rs['mean_pairwise_spearman']:.3f}."))
+    return out
