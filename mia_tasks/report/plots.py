@@ -130,4 +130,9 @@ def make_plots(report: dict) -> dict[str, bytes]:
         ax.set_title("ROC, out-of-fold scores (log-log; shaded: measurable)", fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
         plots[PLOTS["roc"]] = _png(fig)
+    from .defences import defence_plot  # the defences module renders from the report dict too
+
+    png = defence_plot(report)
+    if png is not None:
+        plots[PLOTS["defences"]] = png
     return plots
