@@ -110,7 +110,7 @@ def _differences_blocks(block: dict) -> list[tuple]:
             f"the {len(diffs)} pairs; significant when p (Holm) < {ALPHA}")
     if not block["leakage_detected"]:
         note += "; none is significant without measurable leakage"
-    out.append(("p", note.capitalize() + "."))
+    out.append(("p", note[0].upper() + note[1:] + "."))
     out.append(("table", ["a", "b", "φ(a) − φ(b) [95% interval]", "p", "p (Holm)", "significant"],
                 [[d["a"], d["b"], fmt(d["difference"], 4), f"{d['p_value']:.3g}", f"{d['p_holm']:.3g}",
                   "yes" if d["significant"] else "no"] for d in diffs]))
