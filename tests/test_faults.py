@@ -192,5 +192,5 @@ def test_truncated_and_foreign_sweep_parts_are_refitted(tiny_run, ray_head, tmp_
     for bad in (truncated, foreign):
         assert f"sweep/{bad.name} is not a valid part" in proc.stdout, proc.stdout
     assert "made by another config (hash 0123456789abcdef)" in proc.stdout
-    assert f"{15 - n_bad} of 15 coalitions present, fitting {n_bad}" in proc.stdout
+    assert f"{15 - n_bad} of 15 (target, coalition)s present, fitting {n_bad}" in proc.stdout
     assert_sweep_complete(out, tiny_run)

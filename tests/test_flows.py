@@ -172,7 +172,7 @@ def test_sweep_resumes_after_driver_sigkill(tiny_run, tmp_path):
     assert len(before) < 15, "the sweep finished before the kill: nothing to resume"
     rerun = run_cli("sweep", *args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    present, total, fitting = map(int, re.search(r"(\d+) of (\d+) coalitions present, fitting (\d+)", rerun.stdout).groups())
+    present, total, fitting = map(int, re.search(r"(\d+) of (\d+) \(target, coalition\)s present, fitting (\d+)", rerun.stdout).groups())
     assert total == 15 and present >= len(before) and present + fitting == total  # only missing keys are fitted
     assert {p.name: p.stat().st_mtime_ns for p in parts() if p.name in before} == before
     sweep = pd.read_parquet(out / "sweep")
