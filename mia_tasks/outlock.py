@@ -79,7 +79,10 @@ class WriterLock:
 
     def _lock_file(self) -> None:
         path = self.rd.path(LOCK)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only or immutable OUT: one line, as for any other write
+            raise LayerleakError(f"cannot write {path}: {e.strerror or e}; choose a writable --out") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,9 +22,10 @@ from mia_tasks.errors import one_line
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` except the resolved config (rewritten by each command)."""
+    """sha256 of every file under ``root`` except the resolved config (rewritten by each command) and the
+    writer's lock file (OUT/.lock, left empty)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "config.yaml"}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "config.yaml" and str(p.relative_to(root)) != ".lock"}
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -45,7 +46,7 @@ def _no_temporaries(root: Path) -> None:
 
 def test_too_many_players_for_an_exact_sweep(tiny_run, tmp_path):
     out = tmp_path / "run"
-    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target", "features"])
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet", "target", "features"])
     before = _snapshot(out)
     proc = run_cli("sweep", *tiny_args(out, "sweep.max_exact_players=2"))
     _one_error_line(proc, "4 players is too many for an exact sweep", "sweep.max_exact_players=2",
@@ -57,7 +58,7 @@ def test_too_many_players_for_an_exact_sweep(tiny_run, tmp_path):
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_asked_for_where_there_is_none(tiny_run, tmp_path):
     out = tmp_path / "run"
-    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet", "target"])
     for made in ("model.pt", "metrics.json"):  # the target to train again
         (out / "target" / made).unlink()
     before = _snapshot(out)
@@ -69,7 +70,7 @@ def test_cuda_asked_for_where_there_is_none(tiny_run, tmp_path):
 
 def test_unreachable_ray_address_fails_fast(tiny_run, tmp_path):
     out = tmp_path / "run"
-    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet", "target"])
     before = _snapshot(out)
     start = time.perf_counter()
     proc = run_cli("extract", *tiny_args(out), env={"RAY_ADDRESS": "127.0.0.1:1"})
@@ -88,10 +89,12 @@ def test_out_below_a_regular_file(tmp_path):
     _no_temporaries(tmp_path)
 
 
-def test_read_only_out(tiny_run, tmp_path):
-    """OUT that cannot be written even by root (immutable attribute); tests run as root, so chmod would not do."""
+@pytest.mark.parametrize("first", [".layerleak", ".lock"])
+def test_read_only_out(tiny_run, tmp_path, first):
+    """OUT that cannot be written even by root (immutable attribute); tests run as root, so chmod would not do.
+    An earlier layerleak's folder gets its marker first; a marked one, its lock file."""
     out = tmp_path / "run"
-    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    copy_run(tiny_run, out, [".layerleak"] * (first == ".lock") + ["config.yaml", "splits.parquet", "target"])
     before = _snapshot(out)
     if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here")
@@ -99,7 +102,7 @@ def test_read_only_out(tiny_run, tmp_path):
         proc = run_cli("extract", *tiny_args(out))
     finally:
         subprocess.run(["chattr", "-i", str(out)], check=True)
-    _one_error_line(proc, f"cannot write {out / '.layerleak'}", "choose a writable --out")  # its marker, the first write
+    _one_error_line(proc, f"cannot write {out / first}", "choose a writable --out")  # the first write
     assert _snapshot(out) == before
     _no_temporaries(out)
 
@@ -107,7 +110,7 @@ def test_read_only_out(tiny_run, tmp_path):
 def test_unwritable_features_folder_fails_inside_the_actors_with_one_line(tiny_run, tmp_path):
     """The write fails in the extractor actors: the error crosses Ray and still reaches the user as one line."""
     out = tmp_path / "run"
-    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target"])
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet", "target"])
     (out / "features").write_text("a file where the features folder should be\n")
     before = _snapshot(out)
     proc = run_cli("extract", *tiny_args(out))
@@ -119,7 +122,7 @@ def test_unwritable_features_folder_fails_inside_the_actors_with_one_line(tiny_r
 def test_more_fitters_than_cpus_is_capped_not_a_hang(tiny_run, ray_head, tmp_path):
     """ray.fit_actors=4 on the 2-CPU head: two actors could never be placed and ActorPool would wait on them forever."""
     out = tmp_path / "run"
-    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target", "features"])
+    copy_run(tiny_run, out, [".layerleak", "config.yaml", "splits.parquet", "target", "features"])
     proc = run_cli("sweep", *tiny_args(out, "ray.fit_actors=4"), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep: ray.fit_actors=4 but the cluster has 2 CPUs; starting 2 actors" in proc.stdout
@@ -147,7 +150,7 @@ def _whole_copy(tiny_run: Path, out: Path, keep: tuple[str, ...] = (".layerleak"
 
 
 def _unchanged(out: Path, before: dict[str, str]) -> None:
-    after = {k: v for k, v in _snapshot(out).items() if k != ".lock"}  # the writer's lock file may stay, empty
+    after = _snapshot(out)
     assert after == before, sorted(set(after.items()) ^ set(before.items()))
     _no_temporaries(out)
 
