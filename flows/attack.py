@@ -12,9 +12,15 @@ target, in a Ray task that takes a GPU where the cluster has one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ray
 
 from mia_tasks.attack_runs import run_attack
+from mia_tasks.attacks.references import CALIBRATED, join_models
+from mia_tasks.calibration import calibrate_table
+from mia_tasks.errors import LayerleakError
+from mia_tasks.schema import parse_column
 from mia_tasks.config import Config, attack_settings
 from mia_tasks.featurestore import Features
 from mia_tasks.report.render import interval_text
@@ -38,6 +44,42 @@ def _nasr_task(cfg: Config, out: str, features: Features, splits: Splits, layers
                       folds=a.folds, bootstrap=a.bootstrap)
 
 
+def attack_options(cfg: Config, name: str) -> dict:
+    """The constructor options of attack ``name`` from the config (calibrated attacks only)."""
+    a = cfg.attack
+    if name == "lira":
+        return {"mode": a.lira_mode, "variance": a.lira_variance}
+    if name in ("lira-online", "lira-offline"):
+        return {"variance": a.lira_variance}
+    if name == "rmia":
+        return {"mode": a.rmia_mode, "a": a.rmia_a, "gamma": a.rmia_gamma}
+    return {}
+
+
+def check_references(cfg: Config, name: str) -> None:
+    """Refuse, before any stage runs, a calibrated attack without reference models."""
+    if cfg.references.count == 0 and (name in CALIBRATED or (name == "logistic" and cfg.attack.calibration != "none")):
+        why = f"attack {name!r}" if name in CALIBRATED else f"attack.calibration={cfg.attack.calibration}"
+        raise LayerleakError(f"{why} needs reference models: set references.count (e.g. --set references.count=16)")
+
+
+def with_references(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str) -> Features:
+    """``features`` with what a calibrated attack reads: the reference models' loss and membership (lira, rmia),
+    or every feature column calibrated against them (attack.calibration); ``features`` itself otherwise."""
+    calibrate = name == "logistic" and cfg.attack.calibration != "none"
+    if name not in CALIBRATED and not calibrate:
+        return features
+    from .population import reference_inputs
+
+    check_references(cfg, name)
+    refs = reference_inputs(cfg, rd, hashes, splits)
+    if not calibrate:
+        return join_models(features, refs)
+    columns = [c for c in features.table.column_names if parse_column(c)[0] and c not in features.constant]
+    joined = join_models(features, refs, columns)
+    return dataclasses.replace(joined, table=calibrate_table(joined.table, columns, cfg.attack.calibration))
+
+
 def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
                 layers: list[str] | None, kinds: list[str]) -> dict:
     """Run the attack, save and print every metric with its interval."""
@@ -48,8 +90,9 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
         with remote_errors():
             result = ray.get(task.remote(cfg, rd, features, splits, layers or cfg.attack.nasr_layers, bool(gpu)))
     else:
+        features = with_references(cfg, rd, hashes, splits, features, name)
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed,
-                            folds=cfg.attack.folds, bootstrap=cfg.attack.bootstrap)
+                            folds=cfg.attack.folds, bootstrap=cfg.attack.bootstrap, options=attack_options(cfg, name))
     result.update(stamp("attack", hashes, attack_settings(cfg, name)))
     path = attack_result(name, layers, kinds, cfg.attack.kinds)
     rd.write_json(path, result)

@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=helps[name], description=helps[name], epilog=KEYS_HELP)
         _common(sp)
         if name == "attack":
-            sp.add_argument("--attack", choices=("logistic", "nasr", "loss-threshold", "confidence-threshold"), help="default: attack.name")
+            sp.add_argument("--attack", metavar="NAME", help="default: attack.name; the choices are attack.name's (layerleak config); "
+                            "lira and rmia need references.count")
             sp.add_argument("--layers", help="comma-separated layer names (default: all audited layers)")
             sp.add_argument("--features", help="comma-separated feature kinds among grad,out,loss (default: attack.kinds)")
         if name == "defend":

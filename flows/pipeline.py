@@ -43,10 +43,16 @@ def _sweep(cfg: Config, rd: RunDir, hashes: dict, args):
 
 
 def _attack(cfg: Config, rd: RunDir, hashes: dict, args) -> dict:
-    from .attack import attack_flow
+    from mia_tasks.attacks import ATTACKS
+    from mia_tasks.errors import LayerleakError
 
-    splits, features = _extract(cfg, rd, hashes, args)
+    from .attack import attack_flow, check_references
+
     name = args.attack or cfg.attack.name
+    if name not in ATTACKS:  # before any stage runs
+        raise LayerleakError(f"--attack {name!r}: choose one of {', '.join(ATTACKS)}")
+    check_references(cfg, name)
+    splits, features = _extract(cfg, rd, hashes, args)
     layers = [l for l in args.layers.split(",") if l] if args.layers else cfg.attack.layers
     kinds = [k for k in args.features.split(",") if k] if args.features else list(cfg.attack.kinds)
     with stage(f"attack ({name})"):

@@ -15,6 +15,7 @@ pairwise difference an interval, and the verdicts follow in order (mia_tasks.unc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -24,7 +25,11 @@ import ray
 
 from mia_tasks.attack_data import attack_data, column_masks, missing_coalitions
 from mia_tasks.attack_runs import out_of_fold
-from mia_tasks.config import Config
+from mia_tasks.attacks import AttackData
+from mia_tasks.attacks.references import CALIBRATED, join_models, reference_columns
+from mia_tasks.baseline import BASELINE_ATTACK, baseline_score
+from mia_tasks.calibration import calibrate_table
+from mia_tasks.config import Config, sweep_references
 from mia_tasks.errors import LayerleakError
 from mia_tasks.featurestore import Features
 from mia_tasks.players import make_players, player_columns
@@ -48,21 +53,47 @@ class Fitter:
     the same data. Nothing lives in the constructor, so a restart needs nothing back.
     """
 
-    def __init__(self, widths: list[int], out: str, config_hash: str, attack: dict, gpu: bool):
+    def __init__(self, widths: list[int], out: str, config_hash: str, attack: dict, gpu: bool, always: int = 0):
         self.rd, self.hash, self.attack = RunDir(out), config_hash, attack
         self.device = held_device(gpu)
-        self.widths = widths
+        self.widths, self.always = widths, always  # always: trailing columns in every coalition (the baseline score)
 
     def fit(self, d: dict[str, np.ndarray], target: int, coalitions: np.ndarray) -> int:
         from mia_tasks.uncertainty import crossfit_coalitions
 
         a = self.attack
-        cf = crossfit_coalitions(d["X"], d["y"], column_masks(coalitions, self.widths), k=a["folds"], seed=a["seed"],
+        masks = column_masks(coalitions, self.widths)
+        masks = np.hstack([masks, np.ones((len(masks), self.always), bool)])
+        cf = crossfit_coalitions(d["X"], d["y"], masks, k=a["folds"], seed=a["seed"],
                                  C=a["C"], transform=a["transform"], device=self.device)
         table = sweep_rows(target, coalitions, cf.scores, cf.packed, cf.y, len(self.widths))
         name = sweep_part(target, int(coalitions[0]), int(coalitions[-1]))
         self.rd.write_parquet(name, table, stamp("sweep", {"sweep": self.hash}))
         return len(coalitions)
+
+
+def calibrated_inputs(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, target: int, features: Features,
+                      columns: list[str]) -> tuple[Features, Features]:
+    """(features for the coalitions' attacks, features with the reference models' raw columns joined in) of one
+    target: calibrated against its references with attack.calibration; both ``features`` without references."""
+    if sweep_references(cfg) == 0:
+        return features, features
+    from .population import reference_inputs
+
+    joined = join_models(features, reference_inputs(cfg, rd, hashes, splits, target), sorted({*columns, LOSS}))
+    if cfg.attack.calibration == "none":
+        return joined, joined
+    return dataclasses.replace(joined, table=calibrate_table(joined.table, columns, cfg.attack.calibration)), joined
+
+
+def baseline_inputs(cfg: Config, splits: Splits, joined: Features) -> tuple[np.ndarray | None, str, list[str]]:
+    """(the label-free baseline score each coalition's attack also sees, or None; the attack whose cross-fitted value
+    is v(∅) (the report's baseline: loss-threshold without sweep.baseline); the columns that attack reads)."""
+    name = BASELINE_ATTACK.get(cfg.sweep.baseline, "loss-threshold")
+    columns = [LOSS, *reference_columns(joined.table.column_names)] if name in CALIBRATED else [LOSS]
+    if cfg.sweep.baseline == "none":
+        return None, name, columns
+    return baseline_score(cfg.sweep.baseline, AttackData.from_table(joined.table, columns, splits.sample_ids)), name, columns
 
 
 def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features,
@@ -79,7 +110,13 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                              f"or estimate by sampling (--set sweep.method=sampled)")
     cols = player_columns(players, cfg.sweep.kinds, features.constant)
     targets = [(splits, features), *others]
-    datas = [attack_data(f, s, [c for pc in cols for c in pc]) for s, f in targets]
+    flat = [c for pc in cols for c in pc]
+    inputs = [calibrated_inputs(cfg, rd, hashes, splits, t, f, flat) for t, (_, f) in enumerate(targets)]
+    baselines = [baseline_inputs(cfg, s, joined) for (s, _), (_, joined) in zip(targets, inputs)]
+    datas = [attack_data(f, s, flat) for (s, _), (f, _) in zip(targets, inputs)]
+    for d, (score, _, _) in zip(datas, baselines):
+        if score is not None:
+            d["X"] = np.column_stack([d["X"], score])
     attack = {"folds": cfg.attack.folds, "seed": cfg.seed, "C": cfg.attack.C, "transform": cfg.attack.transform}
     with ExitStack() as stack:  # the fitters, started on the first fit, are killed however the sweep ends
         fitters = None  # the Pool, once started
@@ -97,7 +134,8 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                 gpus = stage_gpus("sweep.device", cfg.sweep.device)
                 data_refs.extend(ray.put(d) for d in datas)
                 n = pool_size(len(jobs), gpus, cfg.ray.fit_actors, "sweep", "ray.fit_actors")
-                fitters = stack.enter_context(actor_pool(Fitter, ([len(c) for c in cols], rd, hashes["sweep"], attack, bool(gpus)),
+                always = 0 if cfg.sweep.baseline == "none" else 1
+                fitters = stack.enter_context(actor_pool(Fitter, ([len(c) for c in cols], rd, hashes["sweep"], attack, bool(gpus), always),
                                                          n, gpu=bool(gpus), max_retries=cfg.ray.max_retries))
             total = sum(len(m) for _, m in jobs)
             start = time.perf_counter()
@@ -130,9 +168,11 @@ def sweep_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
                 sampled.append({"permutations": int(est.n_permutations), "seed": cfg.seed})
         table = read_sweep(rd, hashes["sweep"])
     blocks = []
-    for t, ((s, f), d) in enumerate(zip(targets, datas)):
-        baseline, _ = out_of_fold("loss-threshold", f, s, [LOSS], cfg.attack.folds, cfg.seed)
-        blocks.append(target_block(table[t], d["y"], players, f, baseline, cfg.attack.bootstrap, cfg.seed, t, sampled[t]))
+    for t, ((s, f), d, (_, joined), (score, name, columns)) in enumerate(zip(targets, datas, inputs, baselines)):
+        baseline, y = out_of_fold(name, joined, s, columns, cfg.attack.folds, cfg.seed)
+        empty = None if score is None else (baseline >= 0) == y  # v(∅): the baseline's out-of-fold correctness
+        blocks.append(target_block(table[t], d["y"], players, f, baseline, cfg.attack.bootstrap, cfg.seed, t, sampled[t],
+                                   baseline_attack=name, empty_correct=empty))
     report = shapley_report(blocks, cfg, hashes["sweep"], sampled[0])
     if len(blocks) > 1:
         report["between_targets"] = between_target_summary(blocks)

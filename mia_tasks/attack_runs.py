@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .attacks import AttackData, make_attack, select_columns
+from .attacks.references import CALIBRATED, reference_columns
 from .featurestore import Features
 from .metrics import roc_curve
 from .schema import LOSS
@@ -73,24 +74,32 @@ class NasrMaker:
 
 def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
                kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None, data: Any = None,
-               nasr: dict | None = None, seed: int = 0, folds: int = 5, bootstrap: int = 1000) -> dict:
+               nasr: dict | None = None, seed: int = 0, folds: int = 5, bootstrap: int = 1000,
+               options: dict | None = None) -> dict:
     """Cross-fit ``name`` over the audited pool, bootstrap its metrics; a JSON-ready dict.
 
     Feature attacks read the features table; ``nasr`` needs the target ``model`` and the image ``data``
-    (it is cross-fitted too: one attack model trained per fold).
+    (it is cross-fitted too: one attack model trained per fold). Calibrated attacks (lira, rmia) read the
+    ``loss`` and the reference models' columns joined in (attacks.references.join_models), built with ``options``.
     """
     layers = list(layers) if layers else list(features.layers)
     if name == "logistic":
         columns = select_columns(features.table.column_names, layers, kinds, exclude=features.constant)
+    elif name in CALIBRATED:
+        columns = [LOSS, *reference_columns(features.table.column_names)]
     else:
         columns = [LOSS]
-    make = NasrMaker(model, data, seed, nasr or {}) if name == "nasr" else None
+    if name == "nasr":
+        make = NasrMaker(model, data, seed, nasr or {})
+    else:
+        make = (lambda: make_attack(name, **options)) if options else None
     scores, y = out_of_fold(name, features, splits, columns, folds, seed, C, transform, make)
     return {
         "attack": name,
         "layers": layers if name in ("logistic", "nasr") else [],
         "kinds": list(kinds) if name == "logistic" else (["grad", "out", "loss"] if name == "nasr" else ["loss"]),
         "columns": len(columns) if name != "nasr" else None,
+        **({"references": len(reference_columns(columns)) // 2, "options": dict(options or {})} if name in CALIBRATED else {}),
         "transform": transform if name == "logistic" else None,
         **attack_record(y, scores, folds, bootstrap, seed),
     }

@@ -154,6 +154,14 @@ class AttackConfig:
     nasr_epochs: int = field(default=30, metadata=allow(POSITIVE_INT))
     nasr_lr: float = field(default=1e-3, metadata=allow(POSITIVE))
     nasr_batch_size: int = field(default=64, metadata=allow(POSITIVE_INT))
+    # calibrated with reference models (references.count): the logistic attack's and the sweep's features judged
+    # against each sample's OUT references ((x - mu_out)/s_out), online also IN (per-feature log-likelihood ratio)
+    calibration: str = field(default="none", metadata=allow(choice(("none", "offline", "online"))))
+    lira_mode: str = field(default="online", metadata=allow(choice(("online", "offline"))))  # the 'lira' attack
+    lira_variance: str = field(default="global", metadata=allow(choice(("global", "per-example"))))  # global: pooled (few references)
+    rmia_mode: str = field(default="online", metadata=allow(choice(("online", "offline"))))
+    rmia_a: float = field(default=0.3, metadata=allow(number(0, 1)))  # offline: Pr(x) = (1+a)/2 mean_OUT + (1-a)/2
+    rmia_gamma: float = field(default=1.0, metadata=allow(POSITIVE))  # score: fraction of z with LR(x)/LR(z) > gamma
 
 
 @dataclass
@@ -167,6 +175,9 @@ class SweepConfig:
     permutations: int = field(default=2000, metadata=allow(POSITIVE_INT))  # sampled: at most this many permutations
     tol: float = field(default=0.005, metadata=allow(POSITIVE))  # sampled: stop when every standard error is below this
     device: str = field(default="auto", metadata=allow(choice(DEVICES)))
+    # none | loss | lira | rmia: v(∅) is this black-box attack's value and every coalition's attack also sees its
+    # score, so a player's Shapley value is its leakage beyond it (lira, rmia need references.count; exact sweeps)
+    baseline: str = field(default="none", metadata=allow(choice(("none", "loss", "lira", "rmia"))))
 
 
 @dataclass
@@ -304,6 +315,12 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 def validate(cfg: Config) -> None:
     """Check every key against its rule (type, range, choices); raise LayerleakError naming the key and what is allowed."""
     check_fields(cfg)
+    needs = [f"attack.calibration={cfg.attack.calibration}"] if cfg.attack.calibration != "none" else []
+    needs += [f"sweep.baseline={cfg.sweep.baseline}"] if cfg.sweep.baseline in ("lira", "rmia") else []
+    if needs and cfg.references.count == 0:
+        raise LayerleakError(f"{needs[0]} needs reference models: set references.count (e.g. --set references.count=16)")
+    if cfg.sweep.baseline != "none" and cfg.sweep.method != "exact":
+        raise LayerleakError(f"sweep.baseline={cfg.sweep.baseline} needs sweep.method=exact (v(∅) is the baseline's value)")
 
 
 # --- hashes ----------------------------------------------------------------------------------
@@ -317,16 +334,24 @@ def _digest(obj: Any) -> str:
 # (rundir.is_current); the sweep fits the logistic attack, so its hash covers the logistic ones.
 _EVALUATION = {"seed": "seed", "folds": "attack.folds", "bootstrap": "attack.bootstrap"}  # cross-fitting and intervals
 ATTACK_SETTINGS = {
-    "logistic": {**_EVALUATION, "C": "attack.C", "transform": "attack.transform"},
+    "logistic": {**_EVALUATION, "C": "attack.C", "transform": "attack.transform", "calibration": "attack.calibration"},
     "nasr": {**_EVALUATION, "epochs": "attack.nasr_epochs", "lr": "attack.nasr_lr", "batch_size": "attack.nasr_batch_size"},
     "loss-threshold": dict(_EVALUATION),
     "confidence-threshold": dict(_EVALUATION),
 }
+_REFERENCES = {**_EVALUATION, "references": "references.count"}
+ATTACK_SETTINGS.update({
+    "lira": {**_REFERENCES, "mode": "attack.lira_mode", "variance": "attack.lira_variance"},
+    "lira-online": {**_REFERENCES, "variance": "attack.lira_variance"},
+    "lira-offline": {**_REFERENCES, "variance": "attack.lira_variance"},
+    "rmia": {**_REFERENCES, "mode": "attack.rmia_mode", "a": "attack.rmia_a", "gamma": "attack.rmia_gamma"},
+})
 STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
     "target": ("seed", "dataset", "split", "model", "train"),
     "features": ("seed", "dataset", "split", "model", "train", "features", "feature_schema"),
-    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", *ATTACK_SETTINGS["logistic"].values(), "sweep"),
+    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", *ATTACK_SETTINGS["logistic"].values(), "sweep",
+              "sweep_references"),
     # the population pool's model halves (mia_tasks.population): its own stage, so adding targets or references
     # keeps the splits, the target and the models already trained (each model's half depends on its index only)
     "population": ("seed", "dataset", "split", "model.checkpoint", "population"),
@@ -359,10 +384,18 @@ def stage_hashes(cfg: Config, content: str = "") -> dict[str, str]:
     tree = _strip(cfg.to_dict(), "")
     if content:
         tree["dataset"]["content"] = content
-    versioned = {**tree, **CODE_VERSIONS, "population": {"targets": cfg.split.targets, "references": cfg.references.count}}
+    versioned = {**tree, **CODE_VERSIONS, "population": {"targets": cfg.split.targets, "references": cfg.references.count},
+                 "sweep_references": sweep_references(cfg)}
     out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
     out["config"] = _digest({k: v for k, v in tree.items() if k not in ("ray", "output", "defence")})  # defences: own hashes
     return out
+
+
+def sweep_references(cfg: Config) -> int:
+    """The reference models the sweep's values depend on: references.count with a calibrated sweep, else 0 (so
+    adding references leaves an uncalibrated sweep current)."""
+    calibrated = cfg.attack.calibration != "none" or cfg.sweep.baseline in ("lira", "rmia")
+    return cfg.references.count if calibrated else 0
 
 
 def attack_settings(cfg: Config, name: str) -> dict[str, Any]:

@@ -87,10 +87,12 @@ def shapley_text(report: dict) -> str:
     """shapley.json as the table the sweep stage prints: per player depth, parameters, Shapley value and interval."""
     lines = []
     for t in report["targets"]:
-        va = t["v_all"]
+        va, ve = t["v_all"], t.get("v_empty")
+        empty = (f"{report['v_empty']}" if report.get("v_empty") is not None else
+                 f"{ve['value']:.3f} [{ve['ci95'][0]:.3f}, {ve['ci95'][1]:.3f}], {t['baseline']['attack']}: values beyond it")
         lines += [f"Shapley values of attack {report['metric']} ({report['method']}; target {t['target']}, n={va['n']} audited "
                   f"samples, {report['folds']}-fold cross-fitted, {va['resampling']['replicates']} bootstrap replicates; "
-                  f"v(all) = {va['value']:.3f} [{va['ci95'][0]:.3f}, {va['ci95'][1]:.3f}], v(∅) = {report['v_empty']})",
+                  f"v(all) = {va['value']:.3f} [{va['ci95'][0]:.3f}, {va['ci95'][1]:.3f}], v(∅) = {empty})",
                   f"  {t['verdicts']['statement']}",
                   f"  {'player':24s} {'depth':>5} {'params':>10} {'shapley':>9} {'95% interval':>20}  flagged"]
         for p in t["players"]:
@@ -115,12 +117,15 @@ def _sampled_replicates(values: np.ndarray, masks: np.ndarray, n_players: int, u
 
 def target_block(rows: dict[int, dict], y: np.ndarray, players: dict[str, list[str]], features: Features,
                  baseline_scores: np.ndarray, bootstrap: int, seed: int, target: int = 0,
-                 sampled: dict | None = None) -> dict:
+                 sampled: dict | None = None, baseline_attack: str = "loss-threshold",
+                 empty_correct: np.ndarray | None = None) -> dict:
     """One target's part of shapley.json: every v(S), the Shapley values and their pairwise differences with
     bootstrap intervals (shared weights: paired), the all-layer attack and the loss baseline, the verdicts.
 
     ``sampled`` ({"permutations", "seed"}) when the Shapley values come from permutation sampling (then
     ``rows`` holds only the coalitions it evaluated); else ``rows`` holds every non-empty coalition.
+    ``baseline_attack`` names the attack of ``baseline_scores``; with ``empty_correct`` (its out-of-fold correctness,
+    sweep.baseline) v(∅) is that attack's value in each replicate instead of 0.5 (exact sweeps only).
     """
     names, L = list(players), len(players)
     y = np.asarray(y, bool)
@@ -129,7 +134,7 @@ def target_block(rows: dict[int, dict], y: np.ndarray, players: dict[str, list[s
     masks, packed = packed_matrix(rows, y.size)
     full = (1 << L) - 1
     if sampled is None:
-        sb = bootstrap_sweep(packed, masks, y, n_players=L, weights=W, seed=seed)
+        sb = bootstrap_sweep(packed, masks, y, n_players=L, weights=W, seed=seed, empty_correct=empty_correct)
         table_masks, v_point, v_reps = np.arange(1, 1 << L), sb.values[1:], sb.replicates[:, 1:]
     else:
         C = unpack_correct(packed, y.size).astype(np.float32)
@@ -158,11 +163,12 @@ def target_block(rows: dict[int, dict], y: np.ndarray, players: dict[str, list[s
         "leakage_detected": v["leakage_detected"],
         "v_all": entry(v_point[full_at], v_ci[:, full_at], y.size, how),
         "all_layers": all_layers,
-        "baseline": {"attack": "loss-threshold", **baseline},
+        "baseline": {"attack": baseline_attack, **baseline},
+        "v_empty": entry(sb.values[0], percentile_interval(sb.replicates[:, :1])[:, 0], y.size, how),
         "players": out_players,
         "differences": differences,
         "verdicts": v,
-        "efficiency_gap": float(abs(sb.shapley.sum() - (sb.values[-1] - EMPTY_VALUE))) if sampled is None else None,
+        "efficiency_gap": float(abs(sb.shapley.sum() - (sb.values[-1] - sb.values[0]))) if sampled is None else None,
         "values": [{"coalition": int(m), "players": [names[i] for i in range(L) if (int(m) >> i) & 1],
                     "accuracy": entry(v_point[j], v_ci[:, j], y.size, how)} for j, m in enumerate(table_masks)],
     }
@@ -177,7 +183,8 @@ def shapley_report(blocks: Sequence[dict], cfg, config_hash: str, sampled: dict 
         "kinds": list(cfg.sweep.kinds),
         "folds": cfg.attack.folds,
         "bootstrap": cfg.attack.bootstrap,
-        "v_empty": EMPTY_VALUE,
+        "v_empty": EMPTY_VALUE if cfg.sweep.baseline == "none" else None,  # else each target's baseline value (v_empty)
+        "sweep_baseline": cfg.sweep.baseline,
         "n_permutations": None if sampled is None else sampled["permutations"],
         "leakage_detected": all(b["leakage_detected"] for b in blocks),
         "targets": list(blocks),

@@ -193,3 +193,49 @@ def test_calibrate_table_replaces_columns_in_place():
     assert auc(y, -g) > auc(y, -joined.column("grad.fc.l2").to_numpy()) + 0.1
     with pytest.raises(LayerleakError, match="needs every reference model's features"):
         calibrate_table(tables[0], ["grad.fc.l2"], "offline")
+
+
+@pytest.mark.slow
+def test_layerleak_attack_lira_rmia_and_calibrated_logistic_on_the_tiny_population(ray_head, tmp_path):
+    """The CLI end to end: 16 reference models trained and extracted, then lira, rmia and the calibrated logistic
+    attack cross-fitted over the audited pool, each saved with its intervals and its reference count."""
+    import json
+
+    from helpers import run_cli, tiny_args
+
+    out = tmp_path / "run"
+    base = tiny_args(out, "references.count=16")
+    for name in ("lira", "rmia"):
+        proc = run_cli("attack", "--attack", name, *base, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rec = json.loads((out / "attacks" / f"{name}.json").read_text())
+        assert rec["references"] == 16 and rec["n"] == 120
+        assert 0.0 <= rec["metrics"]["auc"]["ci95"][0] <= rec["metrics"]["auc"]["value"] <= rec["metrics"]["auc"]["ci95"][1] <= 1.0
+    lira = json.loads((out / "attacks" / "lira.json").read_text())
+    assert lira["options"] == {"mode": "online", "variance": "global"}
+    proc = run_cli("attack", "--attack", "logistic", "--features", "grad,loss", *base, "--set", "attack.calibration=offline")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((out / "attacks" / "logistic-grad+loss.json").read_text())
+    assert rec["settings"]["calibration"] == "offline"
+    # leakage beyond LiRA: v(∅) is LiRA's cross-fitted accuracy (the same folds as 'attack --attack lira'), and
+    # the Shapley values sum to v(all) - v(∅)
+    proc = run_cli("sweep", *base, "--set", "sweep.baseline=lira", "--set", "attack.calibration=offline", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    block = json.loads((out / "shapley.json").read_text())["targets"][0]
+    assert block["baseline"]["attack"] == "lira"
+    assert block["v_empty"]["value"] == pytest.approx(lira["metrics"]["accuracy"]["value"], abs=1e-12)
+    assert block["v_empty"]["ci95"][0] < block["v_empty"]["value"] < block["v_empty"]["ci95"][1]
+    assert block["efficiency_gap"] < 1e-9
+
+
+@pytest.mark.parametrize("args,why", [(("--attack", "lira"), "attack 'lira'"),
+                                      (("--attack", "logistic", "--set", "attack.calibration=online"), "attack.calibration=online"),
+                                      (("--set", "sweep.baseline=lira"), "sweep.baseline=lira")])
+def test_calibrated_attack_without_references_is_one_line_before_any_stage(tmp_path, args, why):
+    from helpers import run_cli, tiny_args
+
+    proc = run_cli("attack", *args, *tiny_args(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"layerleak: error: {why} needs reference models: set references.count "
+                                                "(e.g. --set references.count=16)"]
+    assert not (tmp_path / "run" / "splits.parquet").exists()

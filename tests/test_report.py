@@ -98,7 +98,7 @@ def _synthetic_shapley(signal: float, seed: int = 0, n: int = 400) -> dict:
 
     class Cfg:
         class sweep:
-            kinds = ["grad"]
+            kinds, baseline = ["grad"], "none"
 
         class attack:
             folds, bootstrap = 5, 300

@@ -13,8 +13,9 @@ any feature column.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,7 @@ from ..schema import SAMPLE_ID
 if TYPE_CHECKING:
     from . import AttackData
 
+CALIBRATED = ("lira", "lira-online", "lira-offline", "rmia")  # attacks that read reference models' columns
 REF_PREFIX = "ref."
 IN = "in"
 MIN_STD = 1e-6  # a floor on every fitted standard deviation: references that agree exactly give no zero division
@@ -79,6 +81,14 @@ def join_references(target: pa.Table, references: Mapping[int, pa.Table], member
         inside = np.isin(ids, np.asarray(members[k], np.int64)).astype(np.int8)
         out = out.append_column(ref_column(k, IN), pa.array(inside))
     return out
+
+
+def join_models(features: Any, references: Sequence[tuple[int, Any, Any]], columns: Sequence[str] = ("loss",)) -> Any:
+    """``features`` (a featurestore.Features) with its reference models' ``columns`` and membership joined in;
+    ``references`` as flows.population.reference_inputs gives them: (k, model k's Splits, model k's Features)."""
+    table = join_references(features.table, {k: f.table for k, _, f in references},
+                            {k: s.target_members for k, s, _ in references}, columns)
+    return dataclasses.replace(features, table=table)
 
 
 def reference_matrix(data: "AttackData", name: str) -> tuple[np.ndarray, np.ndarray]:

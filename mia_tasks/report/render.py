@@ -65,7 +65,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     if sh and first:
         b.append(("p", f"Shapley values: {sh['method']}, metric {sh['metric']}, features {', '.join(sh['kinds'])}, "
                        f"{len(sh['targets'][0]['values'])} coalitions; v(all) = "
-                       f"{interval_text(first['v_all'])}, v(∅) = {sh['v_empty']}"
+                       f"{interval_text(first['v_all'])}, v(∅) = "
+                       + (f"{sh['v_empty']}" if sh.get("v_empty") is not None else
+                          f"{interval_text(first['v_empty'])} ({first['baseline']['attack']}: Shapley values are leakage beyond it)")
                        + (f"; efficiency gap {first['efficiency_gap']:.1e}" if first.get("efficiency_gap") is not None else "") + "."))
     attacks = report.get("attacks", {})
     if attacks:
