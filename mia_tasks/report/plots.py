@@ -99,7 +99,7 @@ def make_plots(report: dict) -> dict[str, bytes]:
                   "attack accuracy", chance=0.5)
             ax.set_title(g, fontsize=9)
         plots[PLOTS["groups"]] = _png(fig)
-    rocs = {name: a for name, a in report.get("attacks", {}).items() if name in ("logistic", "loss-threshold") and a.get("roc")}
+    rocs = {name: a for name, a in report.get("attacks", {}).items() if a.get("roc")}  # every attack OUT holds: one log-log ROC
     if rocs:
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
         # below the smallest non-zero FPR (1 / non-members) a ROC curve says nothing; from 10 / non-members up
@@ -108,7 +108,7 @@ def make_plots(report: dict) -> dict[str, bytes]:
         measurable = max(a["roc_measurable_from"] for a in rocs.values())
         ax.axvspan(measurable, 1.05, color="tab:green", alpha=0.08, lw=0)
         ax.axvline(measurable, color="tab:green", lw=0.8, ls=":", label=f"measurable: FPR ≥ {measurable:.2g}")
-        for (name, a), color in zip(rocs.items(), ("tab:blue", "tab:orange")):
+        for (name, a), color in zip(rocs.items(), [f"C{i % 10}" for i in range(len(rocs))]):
             f, t = np.asarray(a["roc"]["fpr"], float), np.asarray(a["roc"]["tpr"], float)
             ok = (f > 0) & (t > 0)
             auc = metric(a, "auc")
