@@ -128,6 +128,8 @@ class TrainConfig:
     gamma: float = field(default=0.1, metadata=allow(number(0, 1, lo_open=True)))  # step schedule: lr factor at each milestone
     augment: bool = field(default=False, metadata=allow(boolean()))
     device: str = field(default="auto", metadata=allow(choice(DEVICES)))
+    # a target's accuracy is measured on at most this many members and as many test images (seeded); null = all
+    accuracy_samples: int | None = field(default=5000, metadata=allow(POSITIVE_INT.or_null()))
 
 
 @dataclass

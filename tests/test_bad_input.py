@@ -265,7 +265,7 @@ def test_user_model_failing_inside_a_ray_task(tiny_run, tmp_path, body, needle):
     shutil.copy2(tiny_run / "target" / "members.parquet", out / "target" / "members.parquet")
     before = _snapshot(out)
     proc = run_cli("train", *tiny_args(out, _user_model(tmp_path / "mine.py", body)))
-    _one_error_line(proc, needle, *(["Ray task _t"] if "RuntimeError" in needle else []))
+    _one_error_line(proc, needle, *(["Ray task train_events"] if "RuntimeError" in needle else []))
     assert "\x1b[" not in proc.stderr
     _unchanged(out, before)  # the splits kept, no model written
 
