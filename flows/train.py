@@ -88,8 +88,8 @@ def train_events(cfg: Config, rd: RunDir, member_ids: np.ndarray, state: dict | 
 
 def accuracy_sample(member_ids: np.ndarray, n_test: int, cap: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The members and test images whose predictions measure the target's accuracy: all of them, or a seeded
-    sample of ``cap`` of each (``train.accuracy_samples``). A pretrained CIFAR model has 60,000 images; 5,000 +
-    5,000 give each accuracy to about ±0.014 (95%, exact binomial, stated next to it) at a sixth of the cost."""
+    sample of ``cap`` of each (``train.accuracy_samples``). A pretrained CIFAR model has 60,000 images; 2,000 +
+    2,000 give each accuracy to about ±0.022 (95%, exact binomial, stated next to it) at a fifteenth of the cost."""
     rng = np.random.default_rng([seed, 0xACC])
     train = member_ids if cap is None or len(member_ids) <= cap else np.sort(rng.choice(member_ids, cap, replace=False))
     test = np.arange(n_test) if cap is None or n_test <= cap else np.sort(rng.choice(n_test, cap, replace=False))

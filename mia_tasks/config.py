@@ -129,7 +129,7 @@ class TrainConfig:
     augment: bool = field(default=False, metadata=allow(boolean()))
     device: str = field(default="auto", metadata=allow(choice(DEVICES)))
     # a target's accuracy is measured on at most this many members and as many test images (seeded); null = all
-    accuracy_samples: int | None = field(default=5000, metadata=allow(POSITIVE_INT.or_null()))
+    accuracy_samples: int | None = field(default=2000, metadata=allow(POSITIVE_INT.or_null()))
 
 
 @dataclass

@@ -145,7 +145,7 @@ def test_garbage_checkpoint_with_trust_is_one_line_without_advice(ray_head, tmp_
     assert not [f for f in out.rglob("*") if ".tmp" in f.name]  # nothing half-written
 
 
-@pytest.mark.parametrize("kind", ["resnet", "user"])
+@pytest.mark.parametrize("kind", ["resnet", pytest.param("user", marks=pytest.mark.slow)])
 def test_old_checkpoint_audited_end_to_end(ray_head, tmp_path, kind):
     """``layerleak run`` on a pretrained target: no training, its own weights measured, features and a sweep made."""
     cfg = _tiny_cfg()

@@ -199,6 +199,7 @@ def test_imagefolder_cache_is_keyed_by_content(tmp_path, monkeypatch, change):
         assert any((x.numpy() == 7).all() for x in after.train_x) and not any((x.numpy() == 7).all() for x in before.train_x)
 
 
+@pytest.mark.slow  # about a minute: decodes, trains and redoes the stages twice
 def test_changed_image_folder_redoes_its_stages(ray_head, tmp_path):
     """Issue 12: after one image is removed, the next run decodes the folder again and redoes splits and target
     (the folder's fingerprint enters the stage hashes; config.yaml's hashes, which refuse another config, stay)."""

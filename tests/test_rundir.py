@@ -377,6 +377,7 @@ def test_two_configs_started_together_on_one_out(tiny_run, tmp_path):
     assert json.loads((out / "shapley.json").read_text())["config_hash"] == json.loads((clean / "shapley.json").read_text())["config_hash"]
 
 
+@pytest.mark.slow  # a whole killed run and its rerun; the fast unit test above covers the takeover
 def test_a_lock_left_by_a_sigkilled_driver_is_taken_over(tiny_run, tmp_path):
     """SIGKILL the driver's process group in the middle of extraction; the same command again takes OUT over
     (the kernel released the lock) and completes, keeping the finished parts."""
