@@ -36,6 +36,7 @@ def init_ray(ray_cfg) -> None:
         else:
             # address="local": always a new instance; with None, ray.init would join whatever cluster
             # `ray start` last recorded on this machine (/tmp/ray/ray_current_cluster), maybe another user's.
+            _token_auth_for_local_instance()
             with _loopback_only():
                 ray.init(address="local", num_cpus=ray_cfg.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
                          logging_level="WARNING", configure_logging=True)
@@ -47,6 +48,17 @@ def init_ray(ray_cfg) -> None:
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
         raise LayerleakError(f"cannot connect to {where}: {one_line(e)}; check RAY_ADDRESS/ray.address (unset it to run locally)") from None
     handle_sigterm()  # ray.init replaced our SIGTERM handler with one that dumps a C++ stack
+
+
+def _token_auth_for_local_instance() -> None:
+    """Token authentication on for our own instance, as Ray 2.60 has it by default (the token is made in
+    ~/.ray/auth_token on first use), but said explicitly: left unset, Ray logs a warning on every start
+    that invites the user to turn it off. RAY_AUTH_MODE set by the user is kept."""
+    if not os.environ.get("RAY_AUTH_MODE"):
+        from ray._raylet import Config
+
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")
 
 
 def _send_token_if_available() -> None:
