@@ -321,3 +321,14 @@ def test_one_line_keeps_long_messages_whole():
     long = "Parquet magic bytes not found in footer. Either the file is corrupted or this is not a parquet file.\n" * 3
     assert one_line(ValueError(long)) == " ".join(long.split()) and one_line(RuntimeError()) == "RuntimeError"
     assert one_line("\x1b[36mray::task()\x1b[39m failed\n  at line 3") == "ray::task() failed at line 3"
+
+
+def test_garbage_checkpoint_with_trust_is_one_line_without_advice(ray_head, tmp_path):
+    """A file that is no checkpoint says so, even with model.trust_checkpoint=true, and never advises trusting it."""
+    (tmp_path / "ck.pt").write_bytes(b"\x80\x02garbage" * 50)
+    out = tmp_path / "run"  # a new OUT: the checkpoint enters the splits' hash, so no earlier run's folder fits it
+    proc = run_cli("train", *tiny_args(out, f"model.checkpoint={tmp_path / 'ck.pt'}", "model.trust_checkpoint=true"))
+    line = _one_error_line(proc, f"checkpoint {tmp_path / 'ck.pt'} is not a PyTorch checkpoint (")
+    assert "trust_checkpoint" not in line
+    assert not (out / "target" / "metrics.json").exists() and not (out / "target" / "model.pt").exists()
+    assert not [f for f in out.rglob("*") if ".tmp" in f.name]  # nothing half-written

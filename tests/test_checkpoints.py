@@ -135,16 +135,6 @@ def _one_error_line(proc, needle: str) -> str:
     return lines[0]
 
 
-def test_garbage_checkpoint_with_trust_is_one_line_without_advice(ray_head, tmp_path):
-    (tmp_path / "ck.pt").write_bytes(b"\x80\x02garbage" * 50)
-    out = tmp_path / "out"
-    proc = run_cli("train", *tiny_args(out, f"model.checkpoint={tmp_path / 'ck.pt'}", "model.trust_checkpoint=true"))
-    line = _one_error_line(proc, f"checkpoint {tmp_path / 'ck.pt'} is not a PyTorch checkpoint (")
-    assert "trust_checkpoint" not in line
-    assert not (out / "target" / "metrics.json").exists()
-    assert not [f for f in out.rglob("*") if ".tmp" in f.name]  # nothing half-written
-
-
 @pytest.mark.parametrize("kind", ["resnet", pytest.param("user", marks=pytest.mark.slow)])
 def test_old_checkpoint_audited_end_to_end(ray_head, tmp_path, kind):
     """``layerleak run`` on a pretrained target: no training, its own weights measured, features and a sweep made."""
