@@ -120,6 +120,18 @@ def test_rmia_matches_the_papers_equations(refs, mode, a, gamma):
     np.testing.assert_allclose(got, _plain_rmia(p, ref_p, inside, a, gamma, mode, z), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("cut", ["references", "membership", "target"])
+def test_lira_and_rmia_refuse_reference_arrays_of_other_shapes(refs, cut):
+    phi, ref_phi, inside = refs
+    args = {"references": (phi, ref_phi[:, 1:], inside), "membership": (phi, ref_phi, inside[:-1]),
+            "target": (phi[:, None], ref_phi, inside)}[cut]
+    for name, score, signal in (("LiRA", lira_scores, "confidences"), ("RMIA", likelihood_ratio, "probabilities")):
+        with pytest.raises(LayerleakError) as e:
+            score(*args)
+        assert str(e.value) == (f"{name}: the target's {signal} must be [n] and the references' {signal} and membership "
+                                f"[K, n] (K references, n samples); got {args[0].shape}, {args[1].shape} and {args[2].shape}")
+
+
 def test_calibrated_features_match_a_direct_computation(refs):
     _, ref_phi, inside = refs
     rng = np.random.default_rng(3)

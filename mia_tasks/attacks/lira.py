@@ -28,7 +28,7 @@ from scipy.stats import norm
 
 from ..errors import LayerleakError
 from ..schema import LOSS
-from .references import VARIANCES, lacking, reference_gaussians, reference_matrix
+from .references import VARIANCES, lacking, reference_arrays, reference_gaussians, reference_matrix
 from .threshold import best_threshold
 
 if TYPE_CHECKING:
@@ -69,11 +69,7 @@ def lira_scores(phi: np.ndarray, ref_phi: np.ndarray, inside: np.ndarray, mode: 
         raise LayerleakError(f"LiRA mode {mode!r}: choose one of {', '.join(MODES)}")
     if variance not in VARIANCES:
         raise LayerleakError(f"LiRA variance {variance!r}: choose one of {', '.join(VARIANCES)}")
-    phi = np.asarray(phi, np.float64)
-    ref_phi = np.asarray(ref_phi, np.float64)
-    inside = np.asarray(inside, bool)
-    if ref_phi.shape != inside.shape or ref_phi.ndim != 2 or ref_phi.shape[1] != phi.shape[0]:
-        raise LayerleakError(f"LiRA: reference confidences {ref_phi.shape} and membership {inside.shape} must be [K, {phi.shape[0]}]")
+    phi, ref_phi, inside = reference_arrays(phi, ref_phi, inside, "LiRA", "confidences")
     _need(~inside, "OUT")
     mu_out, s_out = reference_gaussians(ref_phi, ~inside, variance)
     if mode == "offline":

@@ -102,6 +102,19 @@ def reference_matrix(data: "AttackData", name: str) -> tuple[np.ndarray, np.ndar
     return values, inside
 
 
+def reference_arrays(target: np.ndarray, values: np.ndarray, inside: np.ndarray, attack: str,
+                     signal: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(target float64 [n], values float64 [K, n], inside bool [K, n]): a calibrated attack's inputs, the target's
+    ``signal`` per sample and every reference's beside its membership bits, refused unless their shapes agree."""
+    target = np.asarray(target, np.float64)
+    values = np.asarray(values, np.float64)
+    inside = np.asarray(inside, bool)
+    if target.ndim != 1 or values.ndim != 2 or values.shape != inside.shape or values.shape[1] != target.shape[0]:
+        raise LayerleakError(f"{attack}: the target's {signal} must be [n] and the references' {signal} and membership "
+                             f"[K, n] (K references, n samples); got {target.shape}, {values.shape} and {inside.shape}")
+    return target, values, inside
+
+
 def reference_gaussians(values: np.ndarray, mask: np.ndarray, variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
     """Per-sample (mean, std) [n, ...] of ``values`` [K, n, ...] over the references where ``mask`` [K, n] holds.
 

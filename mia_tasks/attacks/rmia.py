@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import LayerleakError
 from ..schema import LOSS
-from .references import lacking, reference_matrix
+from .references import lacking, reference_arrays, reference_matrix
 from .threshold import best_threshold
 
 if TYPE_CHECKING:
@@ -38,11 +38,7 @@ def likelihood_ratio(p: np.ndarray, ref_p: np.ndarray, inside: np.ndarray, mode:
         raise LayerleakError(f"RMIA mode {mode!r}: choose one of {', '.join(MODES)}")
     if not 0.0 <= a <= 1.0:
         raise LayerleakError(f"RMIA offline parameter a={a}: must lie in [0, 1]")
-    p = np.asarray(p, np.float64)
-    ref_p = np.asarray(ref_p, np.float64)
-    inside = np.asarray(inside, bool)
-    if ref_p.shape != inside.shape or ref_p.ndim != 2 or ref_p.shape[1] != p.shape[0]:
-        raise LayerleakError(f"RMIA: reference probabilities {ref_p.shape} and membership {inside.shape} must be [K, {p.shape[0]}]")
+    p, ref_p, inside = reference_arrays(p, ref_p, inside, "RMIA", "probabilities")
     if mode == "online":
         prior = ref_p.mean(axis=0)
     else:
