@@ -4,12 +4,15 @@
 
 One actor per GPU where the cluster has GPUs, else ``ray.extract_actors`` CPU actors. Each actor
 loads the data and the target once; a call turns one shard of sample ids into
-OUT/features/part-NNNNN.parquet (whole or absent). Parts already present for this config are kept.
+OUT/features/part-NNNNN.parquet (whole or absent). Parts already present for this config are kept; a damaged
+one is reported and recomputed (``parts_to_do``, ``run_extractors``: shared with flows.population's models).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,31 +60,46 @@ def shards(splits_table: pa.Table, shard_size: int) -> list[tuple[int, np.ndarra
     return [(i // shard_size, ids[i:i + shard_size], member[i:i + shard_size]) for i in range(0, len(ids), shard_size)]
 
 
-def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, layers: list[dict]) -> list[dict]:
-    """Write every missing part; returns one record per shard computed now (shard, rows, node, device)."""
+def parts_to_do(unit: RunDir, jobs: Sequence[tuple[int, np.ndarray, np.ndarray]], config_hash: str,
+                label: str = "") -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The shards of ``jobs`` whose part in ``unit`` is missing or damaged. A damaged part (unreadable, another
+    config's, other samples) is reported as ``label`` + its name (``label``: where ``unit`` lies in OUT, e.g.
+    "models/3/"; "" for OUT itself) and deleted, so it is recomputed."""
     todo = []
-    for shard, ids, member in shards(splits_table, cfg.features.shard_size):
-        problem = part_problem(rd, shard, hashes["features"], ids)
+    for shard, ids, member in jobs:
+        problem = part_problem(unit, shard, config_hash, ids)
         if problem is None:
             continue
         if problem != "missing":
-            print(f"[layerleak] extract: {part_name(shard)} is {problem}; recomputing it")
-            rd.delete(part_name(shard))
+            print(f"[layerleak] extract: {label}{part_name(shard)} is {problem}; recomputing it")
+            unit.delete(part_name(shard))
         todo.append((shard, ids, member))
+    return todo
+
+
+def run_extractors(cfg: Config, actor: type, args: tuple, jobs: list[tuple], submit: Callable[[Any, tuple], Any],
+                   progress: str, what: Callable[[int], str]) -> list[dict]:
+    """Run ``jobs`` (each ending in shard, sample_ids, member) through one pool of ``actor(*args, gpu)``: one actor per
+    GPU where the cluster has GPUs, else ``ray.extract_actors``. Prints the throughput line, "<rows> samples"
+    + ``what(number of jobs)`` + rows/s; returns the pool's records."""
+    init_ray(cfg.ray)
+    gpus = stage_gpus("features.device", cfg.features.device)
+    n_actors = pool_size(len(jobs), gpus, cfg.ray.extract_actors, "extract", "ray.extract_actors")
+    rows, start = sum(len(job[-2]) for job in jobs), time.perf_counter()
+    with actor_pool(actor, (*args, bool(gpus)), n_actors, gpu=bool(gpus), max_retries=cfg.ray.max_retries) as pool:
+        records = pool.map(submit, jobs, progress, "sample", size=lambda rec: rec["rows"], total=rows)
+    print(f"[layerleak] extract: {rows} samples {what(len(jobs))}, "
+          f"{rows / (time.perf_counter() - start):.1f} rows/s with {n_actors} actors")
+    return records
+
+
+def extract_flow(cfg: Config, rd: RunDir, hashes: dict, splits_table: pa.Table, layers: list[dict]) -> list[dict]:
+    """Write every missing part; returns one record per shard computed now (shard, rows, node, device)."""
+    todo = parts_to_do(rd, shards(splits_table, cfg.features.shard_size), hashes["features"])
     n_parts = -(-splits_table.num_rows // cfg.features.shard_size)
     if not todo:
         print(f"[layerleak] extract: all {n_parts} parts present")
         return []
-    init_ray(cfg.ray)
-    gpus = stage_gpus("features.device", cfg.features.device)
-    n_actors = pool_size(len(todo), gpus, cfg.ray.extract_actors, "extract", "ray.extract_actors")
-    rows = sum(len(ids) for _, ids, _ in todo)
-    start = time.perf_counter()
-    with actor_pool(Extractor, (cfg, rd, hashes["features"], layers, bool(gpus)), n_actors, gpu=bool(gpus),
-                    max_retries=cfg.ray.max_retries) as pool:
-        records = pool.map(lambda a, job: a.__call__.remote(*job), todo, "extract", "sample",
-                           size=lambda rec: rec["rows"], total=rows)
-    wall = time.perf_counter() - start
-    print(f"[layerleak] extract: {rows} samples in {len(todo)} parts ({n_parts - len(todo)} reused), "
-          f"{rows / wall:.1f} rows/s with {n_actors} actors")
-    return records
+    return run_extractors(cfg, Extractor, (cfg, rd, hashes["features"], layers), todo,
+                          lambda a, job: a.__call__.remote(*job), "extract",
+                          lambda n: f"in {n} parts ({n_parts - n} reused)")

@@ -11,7 +11,6 @@ target/metrics.json, features/part-*.parquet).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,16 +18,13 @@ import numpy as np
 from mia_tasks.config import Config
 from mia_tasks.data import ImageData
 from mia_tasks.errors import LayerleakError
-from mia_tasks.featurestore import Features, load_features, part_problem
+from mia_tasks.featurestore import Features, load_features
 from mia_tasks.population import (Population, check_population, draw_population, model_config, model_hashes,
                                   population_size, references_of)
-from mia_tasks.rundir import POPULATION, RunDir, is_current, model_run, stamp
-from mia_tasks.rundir import feature_part as part_name
+from mia_tasks.rundir import POPULATION, RunDir, is_current, model_dir, model_run, stamp
 from mia_tasks.splits import Splits
 
-from .actors import actor_pool, pool_size
-from .extract import Extractor, shards
-from .runtime import init_ray, stage_gpus
+from .extract import Extractor, parts_to_do, run_extractors, shards
 
 
 def run_population(cfg: Config, rd: RunDir, hashes: dict, splits: Splits) -> Population | None:
@@ -88,25 +84,13 @@ def extract_models(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, layers
     todo = []
     for k in range(1, population.size):
         unit, h = model_run(rd, k), model_hashes(hashes, k)["features"]
-        for shard, ids, member in shards(population.splits_for(splits, k).table, cfg.features.shard_size):
-            problem = part_problem(unit, shard, h, ids)
-            if problem is not None:
-                if problem != "missing":
-                    unit.delete(part_name(shard))
-                todo.append((k, unit, h, shard, ids, member))
+        jobs = shards(population.splits_for(splits, k).table, cfg.features.shard_size)
+        todo += [(k, unit, h, *job) for job in parts_to_do(unit, jobs, h, f"{model_dir(k)}/")]
     if not todo:
         print(f"[layerleak] extract: every model's features present ({population.size - 1} models)")
         return []
-    init_ray(cfg.ray)
-    gpus = stage_gpus("features.device", cfg.features.device)
-    n_actors = pool_size(len(todo), gpus, cfg.ray.extract_actors, "extract", "ray.extract_actors")
-    rows, start = sum(len(job[4]) for job in todo), time.perf_counter()
-    with actor_pool(ModelExtractor, (cfg, layers, bool(gpus)), n_actors, gpu=bool(gpus), max_retries=cfg.ray.max_retries) as pool:
-        records = pool.map(lambda a, job: a.extract.remote(*job), todo, "extract models", "sample",
-                           size=lambda rec: rec["rows"], total=rows)
-    print(f"[layerleak] extract: {rows} samples of {len({j[0] for j in todo})} models in {len(todo)} parts, "
-          f"{rows / (time.perf_counter() - start):.1f} rows/s with {n_actors} actors")
-    return records
+    return run_extractors(cfg, ModelExtractor, (cfg, layers), todo, lambda a, job: a.extract.remote(*job),
+                          "extract models", lambda n: f"of {len({job[0] for job in todo})} models in {n} parts")
 
 
 def target_inputs(cfg: Config, rd: RunDir, hashes: dict, splits: Splits) -> Sequence[tuple[Splits, Features]]:

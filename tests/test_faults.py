@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -177,6 +178,33 @@ def test_truncated_and_foreign_feature_parts_are_recomputed(tiny_run, ray_head, 
     assert "50 samples in 2 parts (3 reused)" in proc.stdout
     assert {n: (feats / n).stat().st_mtime_ns for n in kept} == kept  # good parts untouched
     assert_features_equal(out, tiny_run)  # the zeros of the foreign part were never read
+
+
+def test_truncated_and_foreign_parts_of_reference_models_are_reported_and_recomputed(tiny_run, ray_head, tmp_path):
+    """A reference model's damaged part (OUT/models/<k>/features) is named and recomputed as the target's is."""
+    out = tmp_path / "run"
+    copy_run(tiny_run, out, ["config.yaml", "splits.parquet", "target", "features"])
+    args = tiny_args(out, "references.count=2")
+    proc = run_cli("extract", *args)  # trains models 1 and 2, extracts their features
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "240 samples of 2 models in 10 parts" in proc.stdout, proc.stdout
+    before = tmp_path / "before"
+    for k in (1, 2):
+        shutil.copytree(out / "models" / str(k) / "features", before / str(k) / "features")
+    bad = {1: "part-00001.parquet", 2: "part-00003.parquet"}
+    _truncate(out / "models" / "1" / "features" / bad[1])
+    _make_foreign(out / "models" / "2" / "features" / bad[2])
+    kept = {p: p.stat().st_mtime_ns for k in (1, 2) for p in (out / "models" / str(k) / "features").iterdir() if p.name != bad[k]}
+    proc = run_cli("extract", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"extract: models/1/features/part-00001\.parquet is unreadable .*; recomputing it", proc.stdout), proc.stdout
+    assert ("extract: models/2/features/part-00003.parquet is made by another config (hash 0123456789abcdef); "
+            "recomputing it") in proc.stdout
+    assert "all 5 parts present" in proc.stdout  # the target's parts are untouched
+    assert "50 samples of 2 models in 2 parts" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    for k in (1, 2):
+        assert_features_equal(out / "models" / str(k), before / str(k), rtol=0, atol=0)
 
 
 def test_truncated_and_foreign_sweep_parts_are_refitted(tiny_run, ray_head, tmp_path):
