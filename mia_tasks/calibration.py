@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import norm
 
-from .attacks.references import lacking, ref_column, reference_gaussians
+from .attacks.references import ref_column, side_gaussians
 from .errors import LayerleakError
 
 CALIBRATIONS = ("none", "offline", "online")
@@ -41,15 +41,9 @@ def calibrate(x: np.ndarray, ref: np.ndarray, inside: np.ndarray, mode: str, var
     inside = np.asarray(inside, bool)
     if ref.shape[1:] != x.shape or inside.shape != ref.shape[:2]:
         raise LayerleakError(f"calibration: references {ref.shape} and membership {inside.shape} do not match features {x.shape}")
-    sides = {"OUT": ~inside} if mode == "offline" else {"OUT": ~inside, "IN": inside}
-    for side, mask in sides.items():
-        if n := lacking(mask):
-            raise LayerleakError(f"attack.calibration={mode}: {n} samples have no {side} reference model among "
-                                 f"{ref.shape[0]}; use more references (references.count)")
-    mu_out, s_out = reference_gaussians(ref, ~inside, variance)
+    (mu_in, s_in), (mu_out, s_out) = side_gaussians(ref, inside, variance, f"attack.calibration={mode}")
     if mode == "offline":
         return (x - mu_out) / s_out
-    mu_in, s_in = reference_gaussians(ref, inside, variance)
     return norm.logpdf(x, mu_in, s_in) - norm.logpdf(x, mu_out, s_out)
 
 

@@ -43,6 +43,8 @@ def _plain_pooled(ref_phi: np.ndarray, inside: np.ndarray, side: bool) -> float:
     ss, dof = 0.0, 0
     for i in range(ref_phi.shape[1]):
         vals = [ref_phi[k, i] for k in range(ref_phi.shape[0]) if inside[k, i] == side]
+        if not vals:
+            continue
         m = sum(vals) / len(vals)
         ss += sum((v - m) ** 2 for v in vals)
         dof += len(vals) - 1
@@ -146,8 +148,34 @@ def test_calibrated_features_match_a_direct_computation(refs):
             assert off[i, j] == pytest.approx((x[i, j] - m_out) / s_out, rel=1e-9)
             assert on[i, j] == pytest.approx(norm.logpdf(x[i, j], m_in, s_in) - norm.logpdf(x[i, j], m_out, s_out), rel=1e-9, abs=1e-9)
     np.testing.assert_array_equal(calibrate(x, ref, inside, "none"), x)
-    with pytest.raises(LayerleakError, match="no IN reference"):
+    with pytest.raises(LayerleakError, match="no audited sample has both IN and OUT reference models among 8"):
         calibrate(x, ref, np.zeros_like(inside), "online")
+
+
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_a_sample_with_every_reference_on_one_side_gets_the_average_gap(refs, mode):
+    """With K references a sample has all of them IN (or OUT) with probability 2^(1-K): over 17 targets x 2,000
+    samples that happens. Its missing side's mean is its other side's mean -/+ the mean IN - OUT gap over the
+    samples with both sides (a plain loop here), its spread the pooled one."""
+    phi, ref_phi, inside = refs
+    inside = inside.copy()
+    inside[:, 0], inside[:, 1] = True, False  # sample 0: no OUT reference; sample 1: no IN reference
+    both = [i for i in range(N) if 0 < inside[:, i].sum() < K]
+    side = {s: [_plain_mean_std([ref_phi[k, i] for k in range(K) if inside[k, i] == s])[0] if i in both else None
+                for i in range(N)] for s in (True, False)}
+    gap = sum(side[True][i] - side[False][i] for i in both) / len(both)
+    got = lira_scores(phi, ref_phi, inside, mode, "global")
+    pooled = {s: _plain_pooled(ref_phi, inside, s) for s in (True, False)}
+    mu_out0 = _plain_mean_std(list(ref_phi[:, 0]))[0] - gap
+    mu_in1 = _plain_mean_std(list(ref_phi[:, 1]))[0] + gap
+    if mode == "offline":
+        assert got[0] == pytest.approx(-norm.logsf(phi[0], mu_out0, pooled[False]), rel=1e-6)
+    else:
+        assert got[1] == pytest.approx(norm.logpdf(phi[1], mu_in1, pooled[True]) - norm.logpdf(phi[1], _plain_mean_std(list(ref_phi[:, 1]))[0], pooled[False]), rel=1e-6)
+    assert np.isfinite(got).all()
+    p = 1 / (1 + np.exp(-phi))
+    ratio = likelihood_ratio(p, 1 / (1 + np.exp(-ref_phi)), inside, "offline", a=0.3)
+    assert np.isfinite(ratio).all()
 
 
 def _population(n: int = 200, k: int = 16, seed: int = 0):
@@ -227,7 +255,7 @@ def test_layerleak_attack_lira_rmia_and_calibrated_logistic_on_the_tiny_populati
     assert lira["options"] == {"mode": "online", "variance": "global"}
     proc = run_cli("attack", "--attack", "logistic", "--features", "grad,loss", *base, "--set", "attack.calibration=offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rec = json.loads((out / "attacks" / "logistic-grad+loss.json").read_text())
+    rec = json.loads((out / "attacks" / "logistic-calibrated-offline-grad+loss.json").read_text())  # beside the uncalibrated one
     assert rec["settings"]["calibration"] == "offline"
     # leakage beyond LiRA: v(∅) is LiRA's cross-fitted accuracy (the same folds as 'attack --attack lira'), and
     # the Shapley values sum to v(all) - v(∅)

@@ -12,7 +12,8 @@ on the reference models that trained on it (IN) and on those that did not (OUT):
 ``variance="global"`` (the paper's choice for few references) pools each side's spread over every
 sample: the within-sample variance of all IN (OUT) observations, so the sample's mean is still its
 own. ``per-example`` uses each sample's own spread, falling back to the pooled one where the sample
-has fewer than two observations on a side. Means are plain means (the paper's code uses medians).
+has fewer than two observations on a side. Means are plain means (the paper's code uses medians). A sample whose references all sit on one side
+gets that side's mean from the other's and the average IN - OUT gap (references.side_means).
 
 The attack reads the target's ``loss`` and the references' ``ref.<k>.loss`` / ``ref.<k>.in``
 columns (mia_tasks.attacks.references); higher score = more likely a member.
@@ -28,7 +29,7 @@ from scipy.stats import norm
 
 from ..errors import LayerleakError
 from ..schema import LOSS
-from .references import VARIANCES, lacking, reference_arrays, reference_gaussians, reference_matrix
+from .references import VARIANCES, reference_arrays, reference_matrix, side_gaussians
 from .threshold import best_threshold
 
 if TYPE_CHECKING:
@@ -70,19 +71,10 @@ def lira_scores(phi: np.ndarray, ref_phi: np.ndarray, inside: np.ndarray, mode: 
     if variance not in VARIANCES:
         raise LayerleakError(f"LiRA variance {variance!r}: choose one of {', '.join(VARIANCES)}")
     phi, ref_phi, inside = reference_arrays(phi, ref_phi, inside, "LiRA", "confidences")
-    _need(~inside, "OUT")
-    mu_out, s_out = reference_gaussians(ref_phi, ~inside, variance)
+    (mu_in, s_in), (mu_out, s_out) = side_gaussians(ref_phi, inside, variance, "LiRA")
     if mode == "offline":
         return -norm.logsf(phi, mu_out, s_out)
-    _need(inside, "IN")
-    mu_in, s_in = reference_gaussians(ref_phi, inside, variance)
     return norm.logpdf(phi, mu_in, s_in) - norm.logpdf(phi, mu_out, s_out)
-
-
-def _need(mask: np.ndarray, side: str) -> None:
-    if n := lacking(mask):
-        raise LayerleakError(f"LiRA: {n} samples have no {side} reference model among {mask.shape[0]}; "
-                             f"use more references (references.count){' or attack.lira_mode=offline' if side == 'IN' else ''}")
 
 
 class LiraAttack:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import LayerleakError
 from ..schema import LOSS
-from .references import lacking, reference_arrays, reference_matrix
+from .references import reference_arrays, reference_matrix, side_means
 from .threshold import best_threshold
 
 if TYPE_CHECKING:
@@ -42,11 +42,7 @@ def likelihood_ratio(p: np.ndarray, ref_p: np.ndarray, inside: np.ndarray, mode:
     if mode == "online":
         prior = ref_p.mean(axis=0)
     else:
-        out = ~inside
-        if n := lacking(out):
-            raise LayerleakError(f"RMIA offline: {n} samples have no OUT reference model among {ref_p.shape[0]}; "
-                                 "use more references (references.count)")
-        mean_out = np.where(out, ref_p, 0.0).sum(axis=0) / out.sum(axis=0)
+        mean_out = np.clip(side_means(ref_p, inside, "RMIA offline")[1], 0.0, 1.0)
         prior = (1 + a) / 2 * mean_out + (1 - a) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(prior > 0, p / prior, np.where(p > 0, np.inf, 1.0))
