@@ -20,7 +20,9 @@ from .featurestore import Features
 from .metrics import roc_curve
 from .schema import LOSS
 from .splits import Splits
-from .uncertainty import bootstrap_metrics, crossfit_attack, crossfit_coalitions
+from .errors import LayerleakError
+from .uncertainty import bootstrap_metrics, combine_targets, crossfit_attack, crossfit_coalitions
+from .uncertainty.pooled import pooled_metrics
 from .uncertainty.lowfpr import MIN_FALSE_POSITIVES
 
 EVALUATION = "k-fold cross-fitted (folds balanced by membership): each audited sample scored once, by the attack fitted on the other folds"
@@ -72,11 +74,11 @@ class NasrMaker:
         return self.data.normalise(self.data.images(sample_ids)[0])
 
 
-def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
-               kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None, data: Any = None,
-               nasr: dict | None = None, seed: int = 0, folds: int = 5, bootstrap: int = 1000,
-               options: dict | None = None) -> dict:
-    """Cross-fit ``name`` over the audited pool, bootstrap its metrics; a JSON-ready dict.
+def attack_scores(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
+                  kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None,
+                  data: Any = None, nasr: dict | None = None, seed: int = 0, folds: int = 5,
+                  options: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(out-of-fold scores [n], membership [n], what was attacked) of ``name`` cross-fitted over the audited pool.
 
     Feature attacks read the features table; ``nasr`` needs the target ``model`` and the image ``data``
     (it is cross-fitted too: one attack model trained per fold). Calibrated attacks (lira, rmia) read the
@@ -94,12 +96,55 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
     else:
         make = (lambda: make_attack(name, **options)) if options else None
     scores, y = out_of_fold(name, features, splits, columns, folds, seed, C, transform, make)
-    return {
+    about = {
         "attack": name,
         "layers": layers if name in ("logistic", "nasr") else [],
         "kinds": list(kinds) if name == "logistic" else (["grad", "out", "loss"] if name == "nasr" else ["loss"]),
         "columns": len(columns) if name != "nasr" else None,
         **({"references": len(reference_columns(columns)) // 2, "options": dict(options or {})} if name in CALIBRATED else {}),
         "transform": transform if name == "logistic" else None,
-        **attack_record(y, scores, folds, bootstrap, seed),
     }
+    return scores, y, about
+
+
+def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
+               kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None, data: Any = None,
+               nasr: dict | None = None, seed: int = 0, folds: int = 5, bootstrap: int = 1000,
+               options: dict | None = None) -> dict:
+    """Cross-fit ``name`` over the audited pool (attack_scores), bootstrap its metrics; a JSON-ready dict."""
+    scores, y, about = attack_scores(name, features, splits, layers, kinds, C, transform, model, data, nasr, seed, folds, options)
+    return {**about, **attack_record(y, scores, folds, bootstrap, seed)}
+
+
+def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Features]], layers: Sequence[str] | None = None,
+                       kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", seed: int = 0,
+                       folds: int = 5, bootstrap: int = 1000, options: dict | None = None,
+                       baseline: str = "loss-threshold") -> dict:
+    """``name`` on every target of a population, each audited with its own membership (and its own references).
+
+    ``inputs``: per target t = 0..T-1, (features for ``name``, splits, features for ``baseline``). The result is
+    target 0's record (run_attack's) plus ``targets``: each target's metrics, their between-target means
+    (t-intervals, n = targets), and the pooled ROC over every (target, sample) of ``name`` and ``baseline``
+    with their paired difference (uncertainty.pooled: a two-way bootstrap over targets and samples).
+    """
+    if not inputs:
+        raise LayerleakError("run_attack_targets: no targets given")
+    per_target, scores, base, member = [], [], [], []
+    for t, (features, splits, base_features) in enumerate(inputs):
+        s, y, about = attack_scores(name, features, splits, layers, kinds, C, transform, seed=seed, folds=folds, options=options)
+        record = {**about, **attack_record(y, s, folds, bootstrap, seed)}
+        per_target.append(record)
+        scores.append(s)
+        member.append(y)
+        if baseline != name:
+            base.append(out_of_fold(baseline, base_features, splits, [LOSS], folds, seed)[0])
+    pooled = pooled_metrics({name: np.vstack(scores), **({baseline: np.vstack(base)} if base else {})}, np.vstack(member),
+                            replicates=bootstrap, seed=seed, baseline=baseline if base else name)
+    summary = {
+        "count": len(inputs),
+        "per_target": [{"target": t, "n": r["n"], "members": r["members"], "non_members": r["non_members"],
+                        "metrics": r["metrics"]} for t, r in enumerate(per_target)],
+        "between_targets": combine_targets([r["metrics"] for r in per_target]) if len(inputs) > 1 else None,
+        "pooled": pooled,
+    }
+    return {**per_target[0], "targets": summary}

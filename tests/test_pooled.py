@@ -1,0 +1,93 @@
+"""Several targets pooled (mia_tasks.uncertainty.pooled): the pooled ROC's TPR at low FPR and AUC against plain
+references (metrics.tpr_at_fpr, scikit-learn on concatenated or duplicated scores), the measurability rule on
+pooled non-members, paired differences, and the two-way bootstrap's behaviour on a null and a signal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from mia_tasks.errors import LayerleakError
+from mia_tasks.metrics import tpr_at_fpr
+from mia_tasks.uncertainty.pooled import pooled_metrics, two_way_weights, weighted_tpr_at_fpr
+
+
+def _population(T: int, n: int, seed: int = 0, signal: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Membership [T, n] (each target a random half) and scores: per-sample difficulty + signal on members."""
+    rng = np.random.default_rng(seed)
+    member = np.zeros((T, n), bool)
+    for t in range(T):
+        member[t, rng.choice(n, n // 2, replace=False)] = True
+    difficulty = rng.normal(size=n)
+    scores = difficulty[None, :] + rng.normal(size=(T, n)) + signal * member
+    return member, scores
+
+
+@pytest.mark.parametrize("fpr", [0.001, 0.01, 0.1])
+def test_weighted_tpr_equals_the_plain_tpr_on_duplicated_samples(fpr):
+    rng = np.random.default_rng(1)
+    y = rng.random(3000) < 0.5
+    s = np.round(rng.normal(size=3000) + y, 1)  # many ties: a threshold never splits them
+    W = rng.integers(0, 4, size=(5, 3000)).astype(float)
+    got = weighted_tpr_at_fpr(y, s, W, fpr)
+    want = [tpr_at_fpr(np.repeat(y, w.astype(int)), np.repeat(s, w.astype(int)), fpr) for w in W]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert weighted_tpr_at_fpr(y, s, np.ones((1, y.size)), fpr)[0] == pytest.approx(tpr_at_fpr(y, s, fpr), abs=1e-12)
+
+
+def test_pooled_point_values_are_the_plain_metrics_of_the_concatenated_scores():
+    member, scores = _population(T=12, n=200, signal=1.0)
+    m = pooled_metrics({"a": scores, "b": -scores}, member, replicates=50, seed=0)
+    y, s = member.ravel(), scores.ravel()
+    assert m["pairs"] == 2400 and m["non_members"] == 1200 and m["targets"] == 12
+    assert m["attacks"]["a"]["auc"]["value"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert m["attacks"]["a"]["tpr@1%"]["value"] == pytest.approx(tpr_at_fpr(y, s, 0.01), abs=1e-12)
+    diff = m["differences"]["b - a"]["auc"]
+    assert diff["value"] == pytest.approx(roc_auc_score(y, -s) - roc_auc_score(y, s), abs=1e-12)
+    assert diff["ci95"][1] < 0  # b is a's mirror image: clearly worse in every replicate
+
+
+def test_tpr_at_low_fpr_is_measurable_only_with_enough_pooled_non_members():
+    member, scores = _population(T=2, n=200)
+    m = pooled_metrics({"a": scores}, member, replicates=20)
+    assert m["attacks"]["a"]["tpr@1%"]["value"] is None and not m["attacks"]["a"]["tpr@1%"]["measurable"]
+    assert "needs >= 1000 pooled non-members, has 200" in m["attacks"]["a"]["tpr@1%"]["reason"]
+    member, scores = _population(T=10, n=200)
+    m = pooled_metrics({"a": scores}, member, replicates=20)
+    assert m["attacks"]["a"]["tpr@1%"]["measurable"] and not m["attacks"]["a"]["tpr@0.1%"]["measurable"]
+
+
+def test_identical_attacks_differ_by_exactly_zero():
+    member, scores = _population(T=10, n=200, signal=0.5)
+    d = pooled_metrics({"a": scores, "b": scores.copy()}, member, replicates=30)["differences"]["b - a"]
+    assert d["auc"]["value"] == 0 and d["auc"]["ci95"] == [0, 0] and d["tpr@1%"]["ci95"] == [0, 0]
+
+
+def test_two_way_bootstrap_covers_chance_on_a_null_and_excludes_it_on_a_signal():
+    member, scores = _population(T=10, n=300, seed=3)
+    null = pooled_metrics({"a": scores}, member, replicates=200, seed=1)["attacks"]["a"]
+    assert null["auc"]["ci95"][0] < 0.5 < null["auc"]["ci95"][1]
+    assert null["tpr@1%"]["ci95"][0] <= 0.01 <= null["tpr@1%"]["ci95"][1]
+    member, scores = _population(T=10, n=300, seed=3, signal=1.5)
+    sig = pooled_metrics({"a": scores}, member, replicates=200, seed=1)["attacks"]["a"]
+    assert sig["auc"]["ci95"][0] > 0.7 and sig["tpr@1%"]["ci95"][0] > 0.01
+
+
+def test_two_way_weights_redraw_targets_and_samples_with_replacement():
+    Wt, Ws = two_way_weights(7, 50, replicates=40, seed=0)
+    assert (Wt.sum(axis=1) == 7).all() and (Ws.sum(axis=1) == 50).all()
+    assert (Wt == 0).any() and (Wt > 1).any()  # some targets left out, some drawn twice
+    Wt1, _ = two_way_weights(1, 50, replicates=5, seed=0)
+    assert (Wt1 == 1).all()  # one target: only the samples are resampled
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"a": np.zeros((2, 3))}, "do not fit membership"),
+    ({"a": np.full((2, 4), np.nan)}, "NaN not allowed"),
+    ({}, "no attack scores"),
+])
+def test_pooled_metrics_refuses_bad_input(bad, match):
+    member = np.array([[True, False, True, False], [False, True, True, False]])
+    with pytest.raises(LayerleakError, match=match):
+        pooled_metrics(bad, member, replicates=5)
