@@ -83,7 +83,7 @@ def roc_attacks(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
 
     kinds = list(cfg.attack.kinds)
     for name in ROC_ATTACKS:
-        path = attack_result(name, None, kinds, kinds)
+        path = attack_result(name, None, kinds, kinds, cfg.attack.calibration if name == "logistic" else "none")
         have = rd.read_json(path) if rd.exists(path) else None
         ok = is_current(have, "attack", hashes, attack_settings(cfg, name)) and (
             name != "logistic" or (have.get("layers") == list(features.layers) and sorted(have.get("kinds", [])) == sorted(kinds)))

@@ -5,9 +5,11 @@
 A pure reader: it computes nothing and starts no Ray. It needs the target's metrics, the features
 (for the layer table) and the sweep's Shapley values made by this config; where one is missing or was
 made by another config, it names the command that makes it. Attack results and experiments are shown
-when their settings match the config; files made with other settings are listed under "Left out",
-never mixed in. ``layerleak run`` makes the ROC plot's two attacks (the all-layer logistic attack and
-the loss-threshold baseline) before its report; ``layerleak attack`` makes them on their own.
+when their settings match the config (the logistic attack's calibration is the one its file name says:
+attacks/logistic.json and attacks/logistic-calibrated-<mode>.json are both shown); files made with other
+settings are listed under "Left out", never mixed in. ``layerleak run`` makes the ROC plot's two attacks
+(the all-layer logistic attack and the loss-threshold baseline) before its report; ``layerleak attack``
+makes them on their own.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mia_tasks.defences import DEFENDED_STAGES, SETTINGS, defence_hashes
 from mia_tasks.report import build_report, headline_text, make_plots, render_html, render_markdown
 from mia_tasks.report.defences import compare_defences
 from mia_tasks.rundir import (ATTACKS, DEFENCES, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
-                              TARGET_METRICS, RunDir, defence_dir, is_current)
+                              TARGET_METRICS, RunDir, attack_calibration, default_attack_stem, defence_dir, is_current)
 
 ROC_ATTACKS = ("logistic", "loss-threshold")  # the ROC plot's attack and its baseline
 
@@ -29,6 +31,15 @@ def _read(rd: RunDir, rel: str) -> dict | None:
         return rd.read_json(rel) if rd.exists(rel) else None
     except (OSError, ValueError):
         return None
+
+
+def file_settings(cfg: Config, name: str, rel: str) -> dict:
+    """The settings a current result of attack ``name`` in file ``rel`` records: the config's, with the calibration
+    the file's name says (calibrated and uncalibrated logistic results live side by side; the report shows both)."""
+    settings = attack_settings(cfg, name)
+    if "calibration" in settings:
+        settings["calibration"] = attack_calibration(rel)
+    return settings
 
 
 def _missing(rd: RunDir, what: str, command: str) -> LayerleakError:
@@ -74,7 +85,7 @@ def gather(cfg: Config, rd: RunDir, hashes: dict) -> dict:
     for fname in rd.listdir(ATTACKS, ".json"):
         rec = _read(rd, f"{ATTACKS}/{fname}")
         name = (rec or {}).get("attack")
-        if name in ATTACK_SETTINGS and is_current(rec, "attack", hashes, attack_settings(cfg, name)):
+        if name in ATTACK_SETTINGS and is_current(rec, "attack", hashes, file_settings(cfg, name, fname)):
             attacks[fname[:-len(".json")]] = rec
         else:
             ignored.append(f"{ATTACKS}/{fname}")
@@ -106,7 +117,8 @@ def report_flow(cfg: Config, rd: RunDir, hashes: dict) -> dict:
     if defences:
         report["defences"] = compare_defences(report, defences)
     report["ignored"] = report.get("ignored", []) + stale
-    lacking = [a for a in ROC_ATTACKS if a not in report["attacks"]]
+    lacking = [a for a in ROC_ATTACKS if default_attack_stem(a, cfg.attack.calibration if a == "logistic" else "none")
+               not in report["attacks"]]
     if lacking:
         print(f"[layerleak] report: no ROC plot: OUT holds no {' or '.join(lacking)} attack made with this config; "
               + " and ".join(f"'layerleak attack --attack {a} --out {rd.uri}'" for a in lacking) + " make it")

@@ -414,6 +414,11 @@ def _has(tree: dict[str, Any], key: str) -> bool:
         return False
 
 
+# What OUT/config.yaml records beside the config: its stage hashes, and the code versions they were made with (a
+# config.yaml of a release before code versions were recorded has only the hashes).
+HASHES, VERSIONS = "hashes", "code_versions"
+
+
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML, with its hashes, for OUT/config.yaml."""
-    return yaml.safe_dump({"hashes": stage_hashes(cfg), **cfg.to_dict()}, sort_keys=False)
+    """The resolved config as YAML, with its hashes and the code versions (CODE_VERSIONS), for OUT/config.yaml."""
+    return yaml.safe_dump({HASHES: stage_hashes(cfg), VERSIONS: dict(CODE_VERSIONS), **cfg.to_dict()}, sort_keys=False)

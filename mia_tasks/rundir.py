@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-from .config import Config, dump_config, load_config, stage_hashes
+from .config import CODE_VERSIONS, HASHES, VERSIONS, Config, dump_config, load_config, stage_hashes
 from .errors import LayerleakError, one_line
 
 T = TypeVar("T")
@@ -43,10 +43,11 @@ FEATURES = "features"
 SWEEP = "sweep"
 SHAPLEY = "shapley.json"
 ATTACKS = "attacks"
+CALIBRATED_TAG = "calibrated"  # attacks/logistic-calibrated-<offline|online>...json: a calibrated logistic attack
 EXPERIMENTS = "experiments"
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 PLOTS = {"shapley": "plots/shapley.png", "single_layer": "plots/single_layer.png", "groups": "plots/groups.png",
-         "roc": "plots/roc.png", "defences": "plots/defences.png"}
+         "roc": "plots/roc.png", "roc_pooled": "plots/roc_pooled.png", "defences": "plots/defences.png"}
 DEFENCES = "defences"  # OUT/defences/<name>/: a defended target and its audit, a run folder of the same layout
 POPULATION = "population.parquet"  # the population pool: sample_id, label, in.<k> (model k trains on it) per model
 MODELS = "models"  # OUT/models/<k>/ for k >= 1: another model of the population (a target or a reference), a run
@@ -83,14 +84,32 @@ def sweep_part(target: int, first: int, last: int) -> str:
     return f"{SWEEP}/part-t{target:03d}-{first:09d}-{last:09d}.parquet"
 
 
-def attack_result(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str]) -> str:
-    """OUT/attacks/<name>.json for the default selection, else a name that says which layers and kinds."""
+def attack_result(name: str, layers: list[str] | None, kinds: list[str], default_kinds: list[str],
+                  calibration: str = "none") -> str:
+    """OUT/attacks/<name>.json for the default selection, else a name that says which layers and kinds; a
+    calibrated logistic attack's (``calibration`` offline or online) is logistic-calibrated-<calibration>[...].json,
+    so it lives beside the uncalibrated one."""
     parts = [name]
+    if name == "logistic" and calibration != "none":
+        parts.append(f"{CALIBRATED_TAG}-{calibration}")
     if name == "logistic" and sorted(kinds) != sorted(default_kinds):
         parts.append("+".join(kinds))
     if layers and name in ("logistic", "nasr"):
         parts.append("+".join(layers))
     return f"{ATTACKS}/" + "-".join(parts) + ".json"
+
+
+def attack_calibration(rel: str) -> str:
+    """The calibration an OUT/attacks file's name says its logistic result was made with ('none' when it names
+    none): the inverse of ``attack_result``'s calibration part."""
+    parts = posixpath.basename(rel).removesuffix(".json").split("-")
+    return parts[2] if len(parts) > 2 and parts[:2] == ["logistic", CALIBRATED_TAG] else "none"
+
+
+def default_attack_stem(name: str, calibration: str = "none") -> str:
+    """The attacks/ file stem (the report's key) of attack ``name`` on its default selection (every layer, the
+    configured kinds), e.g. ``logistic`` or ``logistic-calibrated-offline``."""
+    return posixpath.basename(attack_result(name, None, [], [], calibration)).removesuffix(".json")
 
 
 def experiment_result(name: str, attack: str) -> str:
@@ -337,8 +356,12 @@ class RunDir:
             tree = None
         if not isinstance(tree, dict):
             raise LayerleakError(f"OUT {self.uri}/{CONFIG} is not a layerleak config; give the run's --config/--set")
-        tree.pop("hashes", None)
-        tree.setdefault("output", {})["dir"] = self.uri
+        return self._config_of(tree)
+
+    def _config_of(self, tree: dict[str, Any]) -> Config:
+        """A config.yaml's content read as this code reads a config (its hashes and code versions left out)."""
+        tree = {k: v for k, v in tree.items() if k not in (HASHES, VERSIONS)}
+        tree["output"] = {**(tree.get("output") if isinstance(tree.get("output"), dict) else {}), "dir": self.uri}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
             yaml.safe_dump(tree, f)
             f.flush()
@@ -348,7 +371,12 @@ class RunDir:
                 raise LayerleakError(f"OUT {self.uri}/{CONFIG}: {str(e).replace(f.name, CONFIG)}; give the run's --config/--set") from None
 
     def prepare(self, cfg: Config) -> dict[str, str]:
-        """Create OUT, refuse a config whose stages differ from outputs already there, save config.yaml."""
+        """Create OUT, refuse a config whose stages differ from outputs already there, save config.yaml.
+
+        A stage hash that differs while the stage's settings are the same (config.yaml's config, read by this code,
+        hashes as ``cfg`` does) is no other config but another layerleak version (CODE_VERSIONS, e.g. the feature
+        schema): OUT is accepted, that stage's outputs are no longer current and are made again by their stage,
+        and every other output is kept."""
         self.mkdir()
         hashes = stage_hashes(cfg)
         if self.exists(CONFIG):
@@ -356,14 +384,30 @@ class RunDir:
                 old = yaml.safe_load(self.read_text(CONFIG)) or {}
             except yaml.YAMLError:
                 old = {}
-            old_hashes = old.get("hashes", {})
-            for stage, marker in STAGE_OUTPUTS.items():
-                if old_hashes.get(stage) not in (None, hashes[stage]) and self._has_outputs(marker):
+            old = old if isinstance(old, dict) else {}
+            old_hashes = old.get(HASHES) if isinstance(old.get(HASHES), dict) else {}
+            differ = [stage for stage, marker in STAGE_OUTPUTS.items()
+                      if old_hashes.get(stage) not in (None, hashes[stage]) and self._has_outputs(marker)]
+            recorded = self._recorded_hashes(old) if differ else {}
+            for stage in differ:
+                if recorded.get(stage) != hashes[stage]:
                     changed = _changed_keys(old, cfg.to_dict())
                     raise LayerleakError(f"OUT {self.uri} holds {stage} outputs made with another config "
-                                         f"(changed: {', '.join(changed) or 'see ' + CONFIG}); use a new --out, or delete OUT/{marker}")
+                                         f"(changed: {', '.join(changed) or 'see ' + CONFIG}); use a new --out, or delete "
+                                         f"OUT/{STAGE_OUTPUTS[stage]}")
+            if differ:
+                print(f"[layerleak] OUT {self.uri}: its {', '.join(differ)} outputs were made by another layerleak version "
+                      f"({_versions_text(old.get(VERSIONS))}), not another config; they are made again, the rest is kept",
+                      flush=True)
         self.write_text(CONFIG, dump_config(cfg))
         return hashes
+
+    def _recorded_hashes(self, old: dict[str, Any]) -> dict[str, str]:
+        """The stage hashes that config.yaml's config has under this code ({} when this code cannot read it)."""
+        try:
+            return stage_hashes(self._config_of(old))
+        except LayerleakError:
+            return {}
 
     def _has_outputs(self, marker: str) -> bool:
         if marker.endswith((".json", ".parquet")):
@@ -387,10 +431,19 @@ def holder_text(holder: dict[str, Any] | None) -> str:
     return f"run {holder['run_id']} (pid {holder.get('pid')} on host {holder.get('host')}, since {holder.get('since')})"
 
 
+def _versions_text(recorded: Any) -> str:
+    """``feature_schema 1, now 2`` for the code versions that changed since config.yaml recorded them (a release
+    before code versions were recorded: ``feature_schema now 2``)."""
+    if not isinstance(recorded, dict):
+        return ", ".join(f"{k} now {v}" for k, v in CODE_VERSIONS.items())
+    changed = [f"{k} {recorded.get(k)}, now {v}" for k, v in CODE_VERSIONS.items() if recorded.get(k) != v]
+    return "; ".join(changed) or "the same code versions, other stage hashes"
+
+
 def _changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(old) | set(new)):
-        if k == "hashes":
+        if not prefix and k in (HASHES, VERSIONS):
             continue
         a, b = old.get(k), new.get(k)
         path = f"{prefix}{k}"

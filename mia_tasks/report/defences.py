@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from ..rundir import default_attack_stem
+
 LOW_FPR = ("tpr@1%", "tpr@0.1%")
 
 
@@ -45,10 +47,11 @@ def accuracy_entry(accuracy: float | None, n: int | None) -> dict | None:
 
 
 def _strongest(attacks: dict[str, dict]) -> str | None:
-    """The attack with the highest AUC among those of the default selection (file stem = attack name: every layer
-    for the logistic attack; the loss threshold), the overall leakage."""
+    """The attack with the highest AUC among those of the default selection (file stem = attack name, calibrated or
+    not: every layer for the logistic attack; the loss threshold), the overall leakage."""
     ranked = [(m.get("value", m.get("mean")), name) for name, a in attacks.items()
-              if name == a.get("attack") and (m := metric(a, "auc")) and m.get("value", m.get("mean")) is not None]
+              if name == default_attack_stem(a.get("attack", ""), (a.get("settings") or {}).get("calibration", "none"))
+              and (m := metric(a, "auc")) and m.get("value", m.get("mean")) is not None]
     return max(ranked)[1] if ranked else None
 
 
