@@ -16,7 +16,7 @@ import dataclasses
 
 import ray
 
-from mia_tasks.attack_runs import run_attack
+from mia_tasks.attack_runs import run_attack, run_attack_targets
 from mia_tasks.attacks.references import CALIBRATED, join_models
 from mia_tasks.calibration import calibrate_table
 from mia_tasks.errors import LayerleakError
@@ -63,21 +63,50 @@ def check_references(cfg: Config, name: str) -> None:
         raise LayerleakError(f"{why} needs reference models: set references.count (e.g. --set references.count=16)")
 
 
-def with_references(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str) -> Features:
-    """``features`` with what a calibrated attack reads: the reference models' loss and membership (lira, rmia),
-    or every feature column calibrated against them (attack.calibration); ``features`` itself otherwise."""
+def with_references(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
+                    target: int = 0) -> Features:
+    """``features`` (of model ``target``) with what a calibrated attack reads: its reference models' loss and
+    membership (lira, rmia), or every feature column calibrated against them (attack.calibration); ``features``
+    itself otherwise. ``splits``: OUT's (target 0's) splits, whatever the target."""
     calibrate = name == "logistic" and cfg.attack.calibration != "none"
     if name not in CALIBRATED and not calibrate:
         return features
     from .population import reference_inputs
 
     check_references(cfg, name)
-    refs = reference_inputs(cfg, rd, hashes, splits)
+    refs = reference_inputs(cfg, rd, hashes, splits, target)
     if not calibrate:
         return join_models(features, refs)
     columns = [c for c in features.table.column_names if parse_column(c)[0] and c not in features.constant]
     joined = join_models(features, refs, columns)
     return dataclasses.replace(joined, table=calibrate_table(joined.table, columns, cfg.attack.calibration))
+
+
+def attack_targets(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
+                   layers: list[str] | None, kinds: list[str]) -> dict:
+    """``name`` on each of the split.targets targets (targets for free: each model of the population in turn, with
+    the others as its references), the between-target means and the pooled ROC against the loss threshold."""
+    from .population import target_inputs
+
+    targets = [(splits, features), *target_inputs(cfg, rd, hashes, splits)]
+    inputs = [(with_references(cfg, rd, hashes, splits, f, name, target=t), s, f) for t, (s, f) in enumerate(targets)]
+    return run_attack_targets(name, inputs, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed,
+                              folds=cfg.attack.folds, bootstrap=cfg.attack.bootstrap, options=attack_options(cfg, name))
+
+
+def targets_text(summary: dict, name: str) -> str:
+    """The several-targets lines of ``layerleak attack``: between-target means and the pooled comparison."""
+    lines = []
+    if summary["between_targets"]:
+        lines.append(f"mean over {summary['count']} targets (95% t-interval, n = targets):")
+        lines += [f"  {k:18s} {interval_text(m)}" for k, m in summary["between_targets"].items()]
+    p = summary["pooled"]
+    lines.append(f"pooled over {p['targets']} targets x {p['samples']} audited samples ({p['members']} member and "
+                 f"{p['non_members']} non-member scores; 95% two-way bootstrap over targets and samples, "
+                 f"{p['resampling']['replicates']} replicates):")
+    for attack, metrics in {**p["attacks"], **p["differences"]}.items():
+        lines += [f"  {attack + ' ' + k:34s} {interval_text(m)}" for k, m in metrics.items()]
+    return "".join(line + "\n" for line in lines)
 
 
 def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
@@ -89,16 +118,20 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
         task = _nasr_task.options(num_gpus=gpu, max_retries=cfg.ray.max_retries)
         with remote_errors():
             result = ray.get(task.remote(cfg, rd, features, splits, layers or cfg.attack.nasr_layers, bool(gpu)))
+    elif cfg.split.targets > 1:
+        result = attack_targets(cfg, rd, hashes, splits, features, name, layers, kinds)
     else:
         features = with_references(cfg, rd, hashes, splits, features, name)
         result = run_attack(name, features, splits, layers, kinds, C=cfg.attack.C, transform=cfg.attack.transform, seed=cfg.seed,
                             folds=cfg.attack.folds, bootstrap=cfg.attack.bootstrap, options=attack_options(cfg, name))
     result.update(stamp("attack", hashes, attack_settings(cfg, name)))
-    path = attack_result(name, layers, kinds, cfg.attack.kinds)
+    path = attack_result(name, layers, kinds, cfg.attack.kinds, cfg.attack.calibration if name == "logistic" else "none")
     rd.write_json(path, result)
     print(f"{name} attack ({result['folds']}-fold cross-fitted over {result['n']} audited samples: {result['members']} members, "
           f"{result['non_members']} non-members; 95% intervals):")
     for key, m in result["metrics"].items():
         print(f"  {key:18s} {interval_text(m)}")
+    if "targets" in result:
+        print(targets_text(result["targets"], name), end="")
     print(f"[layerleak] attack: saved {rd.uri}/{path}")
     return result

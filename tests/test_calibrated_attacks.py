@@ -241,6 +241,7 @@ def test_layerleak_attack_lira_rmia_and_calibrated_logistic_on_the_tiny_populati
     attack cross-fitted over the audited pool, each saved with its intervals and its reference count."""
     import json
 
+    import pyarrow.parquet as pq
     from helpers import run_cli, tiny_args
 
     out = tmp_path / "run"
@@ -266,6 +267,29 @@ def test_layerleak_attack_lira_rmia_and_calibrated_logistic_on_the_tiny_populati
     assert block["v_empty"]["value"] == pytest.approx(lira["metrics"]["accuracy"]["value"], abs=1e-12)
     assert block["v_empty"]["ci95"][0] < block["v_empty"]["value"] < block["v_empty"]["ci95"][1]
     assert block["efficiency_gap"] < 1e-9
+    # targets for free: each of the 17 models in turn is the target, the other 16 its references (no model trained)
+    free = [*base, "--set", "split.targets=17"]
+    proc = run_cli("attack", "--attack", "lira", *free, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained" not in proc.stdout and "pooled over 17 targets x 120 audited samples" in proc.stdout
+    rec = json.loads((out / "attacks" / "lira.json").read_text())
+    assert rec["metrics"] == lira["metrics"]  # target 0 is audited exactly as before
+    population = pq.read_table(out / "population.parquet").to_pydict()
+    per = rec["targets"]["per_target"]
+    assert [p["target"] for p in per] == list(range(17))
+    assert [p["members"] for p in per] == [sum(population[f"in.{t}"]) for t in range(17)]  # each its own half
+    assert len({p["metrics"]["auc"]["value"] for p in per}) > 1 and all(p["metrics"]["auc"]["value"] > 0.5 for p in per)
+    pooled = rec["targets"]["pooled"]
+    assert pooled["pairs"] == 17 * 120 and pooled["non_members"] == sum(p["non_members"] for p in per) >= 1000
+    assert pooled["attacks"]["lira"]["tpr@1%"]["measurable"]  # 60 non-members per target: measurable only pooled
+    assert not rec["metrics"]["tpr@1%"]["measurable"]
+    assert rec["targets"]["between_targets"]["auc"]["n"] == 17
+    assert "lira - loss-threshold" in pooled["differences"]
+    proc = run_cli("sweep", *free, "--set", "sweep.baseline=lira", "--set", "attack.calibration=offline", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shapley = json.loads((out / "shapley.json").read_text())
+    assert [t["target"] for t in shapley["targets"]] == list(range(17)) and shapley["between_targets"]["targets"] == 17
+    assert shapley["targets"][0]["v_empty"] == block["v_empty"]
 
 
 @pytest.mark.parametrize("args,why", [(("--attack", "lira"), "attack 'lira'"),

@@ -91,3 +91,24 @@ def test_pooled_metrics_refuses_bad_input(bad, match):
     member = np.array([[True, False, True, False], [False, True, True, False]])
     with pytest.raises(LayerleakError, match=match):
         pooled_metrics(bad, member, replicates=5)
+
+
+def test_the_report_shows_the_pooled_table_and_roc_of_an_attack_on_several_targets():
+    from mia_tasks.attack_runs import _roc_points
+    from mia_tasks.report.plots import make_plots
+    from mia_tasks.report.targets import attack_targets_blocks
+    from mia_tasks.rundir import PLOTS
+
+    member, scores = _population(T=12, n=200, signal=1.0)
+    pooled = pooled_metrics({"lira": scores, "loss-threshold": scores - 0.5 * member}, member, replicates=50,
+                            baseline="loss-threshold")
+    pooled["roc"] = {a: _roc_points(member.ravel(), s.ravel()) for a, s in (("lira", scores), ("loss-threshold", scores))}
+    pooled["roc_measurable_from"] = 10 / pooled["non_members"]
+    attacks = {"lira": {"targets": {"count": 12, "between_targets": None, "pooled": pooled}}}
+    (_, _, title), (_, text), (_, header, rows) = attack_targets_blocks(attacks)
+    assert title == "lira on 12 targets" and "two-way bootstrap" in text and "1200 non-member scores" in text
+    assert header == ["attack", "auc", "tpr@1%", "tpr@0.1%"]
+    assert [r[0] for r in rows] == ["lira", "loss-threshold", "lira - loss-threshold"]
+    assert rows[0][2].startswith(f"{pooled['attacks']['lira']['tpr@1%']['value']:.4f}") and "not measurable" in rows[0][3]
+    plots = make_plots({"attacks": attacks})
+    assert plots[PLOTS["roc_pooled"]][:8] == b"\x89PNG\r\n\x1a\n"

@@ -47,6 +47,36 @@ def _bars(ax, labels: list[str], series: dict[str, list[tuple]], ylabel: str, ch
         ax.legend(fontsize=8, loc="upper center", ncol=len(series) + 1, frameon=False)
 
 
+def _roc_plot(curves: dict[str, tuple[dict, dict | None]], non_members: int, measurable: float, notes: list[str],
+              title: str) -> bytes:
+    """One log-log ROC with a curve per attack ({name: (roc points, AUC entry)}), the measurable region shaded."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    # below the smallest non-zero FPR (1 / non-members) a ROC curve says nothing; from 10 / non-members up
+    # (ten false positives) a TPR is measurable
+    lo = 1.0 / max(1, non_members)
+    ax.axvspan(measurable, 1.05, color="tab:green", alpha=0.08, lw=0)
+    ax.axvline(measurable, color="tab:green", lw=0.8, ls=":", label=f"measurable: FPR ≥ {measurable:.2g}")
+    for (name, (roc, auc)), color in zip(curves.items(), [f"C{i % 10}" for i in range(len(curves))]):
+        f, t = np.asarray(roc["fpr"], float), np.asarray(roc["tpr"], float)
+        ok = (f > 0) & (t > 0)
+        label = f"{name} (AUC {fmt(auc)})" if auc and auc.get("value") is not None else name
+        ax.step(f[ok], t[ok], where="post", color=color, lw=1.6, label=label)
+    ax.plot([lo, 1], [lo, 1], color="grey", ls="--", lw=0.8, label="chance")
+    if notes:
+        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=6.5, color="tab:red")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo / 1.5, 1.05)
+    ax.set_ylim(lo / 1.5, 1.05)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
 def make_plots(report: dict) -> dict[str, bytes]:
     """PNG bytes keyed by the paths in PLOTS, for what the report holds."""
     import matplotlib
@@ -101,35 +131,22 @@ def make_plots(report: dict) -> dict[str, bytes]:
         plots[PLOTS["groups"]] = _png(fig)
     rocs = {name: a for name, a in report.get("attacks", {}).items() if a.get("roc")}  # every attack OUT holds: one log-log ROC
     if rocs:
-        fig, ax = plt.subplots(figsize=(4.6, 4.2))
-        # below the smallest non-zero FPR (1 / non-members) a ROC curve says nothing; from 10 / non-members up
-        # (ten false positives) a TPR is measurable
-        lo = min(1.0 / max(1, a["non_members"]) for a in rocs.values())
-        measurable = max(a["roc_measurable_from"] for a in rocs.values())
-        ax.axvspan(measurable, 1.05, color="tab:green", alpha=0.08, lw=0)
-        ax.axvline(measurable, color="tab:green", lw=0.8, ls=":", label=f"measurable: FPR ≥ {measurable:.2g}")
-        for (name, a), color in zip(rocs.items(), [f"C{i % 10}" for i in range(len(rocs))]):
-            f, t = np.asarray(a["roc"]["fpr"], float), np.asarray(a["roc"]["tpr"], float)
-            ok = (f > 0) & (t > 0)
-            auc = metric(a, "auc")
-            label = f"{name} (AUC {fmt(auc)})" if auc and auc.get("value") is not None else name
-            ax.step(f[ok], t[ok], where="post", color=color, lw=1.6, label=label)
-        ax.plot([lo, 1], [lo, 1], color="grey", ls="--", lw=0.8, label="chance")
-        unmeasurable = sorted({m["reason"] for a in rocs.values() for k, m in a["metrics"].items()
-                               if k.startswith("tpr@") and not m.get("measurable", True)})
-        if unmeasurable:
-            ax.text(0.02, 0.98, "\n".join(f"TPR@{k}: {r}" for k, r in zip(
-                [k[4:] for k, m in next(iter(rocs.values()))["metrics"].items() if k.startswith("tpr@") and not m.get("measurable", True)],
-                unmeasurable)), transform=ax.transAxes, va="top", fontsize=6.5, color="tab:red")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lo / 1.5, 1.05)
-        ax.set_ylim(lo / 1.5, 1.05)
-        ax.set_xlabel("false-positive rate")
-        ax.set_ylabel("true-positive rate")
-        ax.set_title("ROC, out-of-fold scores (log-log; shaded: measurable)", fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-        plots[PLOTS["roc"]] = _png(fig)
+        notes = {f"TPR@{k[4:]}: {m['reason']}" for a in rocs.values() for k, m in a["metrics"].items()
+                 if k.startswith("tpr@") and not m.get("measurable", True)}
+        plots[PLOTS["roc"]] = _roc_plot({name: (a["roc"], metric(a, "auc")) for name, a in rocs.items()},
+                                        min(a["non_members"] for a in rocs.values()),
+                                        max(a["roc_measurable_from"] for a in rocs.values()), sorted(notes),
+                                        "ROC, out-of-fold scores (log-log; shaded: measurable)")
+    pooled = {name: a["targets"]["pooled"] for name, a in report.get("attacks", {}).items()
+              if (a.get("targets") or {}).get("pooled", {}).get("roc")}
+    if pooled:  # attacks run on several targets: the pooled ROC over every (target, sample), one curve per attack
+        curves = {attack: (p["roc"][attack], m["auc"]) for p in pooled.values() for attack, m in p["attacks"].items()}
+        notes = {f"TPR@{k[4:]}: {m['reason']}" for p in pooled.values() for m_all in p["attacks"].values()
+                 for k, m in m_all.items() if k.startswith("tpr@") and not m.get("measurable", True)}
+        first = next(iter(pooled.values()))
+        plots[PLOTS["roc_pooled"]] = _roc_plot(curves, min(p["non_members"] for p in pooled.values()),
+                                               max(p["roc_measurable_from"] for p in pooled.values()), sorted(notes),
+                                               f"ROC pooled over {first['targets']} targets (log-log; shaded: measurable)")
     from .defences import defence_plot  # the defences module renders from the report dict too
 
     png = defence_plot(report)

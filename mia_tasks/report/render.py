@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .defences import defence_blocks
 from .plots import PLOTS
 from .stats import ALPHA, fmt, metric
-from .targets import targets_blocks
+from .targets import attack_targets_blocks, targets_blocks
 
 HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "auc", "tpr@1%", "tpr@0.1%", "far")
 NASR_NOTE = (" Nasr attack: its attack model reads the raw per-sample weight gradients and output activations of "
@@ -79,6 +79,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
             (metric(next(iter(attacks.values())), "accuracy") or {}).get("resampling"))))
         if PLOTS["roc"] in plots:
             b.append(("img", PLOTS["roc"], "ROC curves on log-log axes, measurable region marked"))
+        b += attack_targets_blocks(attacks)
+        if PLOTS["roc_pooled"] in plots:
+            b.append(("img", PLOTS["roc_pooled"], "ROC curves pooled over the targets, log-log, measurable region marked"))
     exps = report.get("experiments", {})
     if exps:
         b.append(("h", 2, "The seed study's experiments"))

@@ -30,3 +30,27 @@ def targets_blocks(report: dict) -> list[tuple]:
         out.append(("p", f"Ranking stability across targets: Kendall's W = {rs['kendall_w']:.3f} (p = {rs['kendall_w_p_value']:.3g}; "
                          f"1 = the same ranking in every target), mean pairwise Spearman {rs['mean_pairwise_spearman']:.3f}."))
     return out
+
+
+def attack_targets_blocks(attacks: dict) -> list[tuple]:
+    """Per attack run on several targets (``layerleak attack`` with split.targets > 1): the pooled ROC's AUC and
+    TPR at low FPR of the attack and its baseline, their paired difference, and the between-target means."""
+    out: list[tuple] = []
+    for name, a in attacks.items():
+        summary = a.get("targets")
+        if not summary:
+            continue
+        p = summary["pooled"]
+        keys = list(next(iter(p["attacks"].values())))
+        rows = [[attack, *[fmt(m[k], 4) for k in keys]] for attack, m in {**p["attacks"], **p["differences"]}.items()]
+        if summary.get("between_targets"):
+            bt = summary["between_targets"]
+            rows.append([f"{name}, mean of {summary['count']} targets", *[fmt(bt.get(k), 4) for k in keys]])
+        out += [("h", 3, f"{name} on {summary['count']} targets"),
+                ("p", f"Pooled over {p['targets']} targets × {p['samples']} audited samples ({p['members']} member and "
+                      f"{p['non_members']} non-member scores; each target has its own membership, and its references are "
+                      f"the other models). Pooled rows: value [95% percentile interval from {p['resampling']['replicates']:,} "
+                      f"replicates of a two-way bootstrap: targets and audited samples redrawn with replacement, the "
+                      f"threshold re-read in each]. The mean row: mean over targets [95% t-interval, n = targets]."),
+                ("table", ["attack", *keys], rows)]
+    return out
