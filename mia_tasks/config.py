@@ -401,9 +401,16 @@ def sweep_references(cfg: Config) -> int:
 
 
 def attack_settings(cfg: Config, name: str) -> dict[str, Any]:
-    """The settings (ATTACK_SETTINGS) that a result of attack ``name`` made with ``cfg`` records."""
+    """The settings (ATTACK_SETTINGS) that a result of ``layerleak attack --attack name`` made with ``cfg`` records:
+    with the logistic attack, the references its calibration read (0 uncalibrated); but for nasr, the targets it
+    was run on (split.targets: a result on several targets carries their block)."""
     tree = cfg.to_dict()
-    return {k: _select(tree, key) for k, key in ATTACK_SETTINGS[name].items()}
+    out = {k: _select(tree, key) for k, key in ATTACK_SETTINGS[name].items()}
+    if name == "logistic":
+        out["references"] = cfg.references.count if cfg.attack.calibration != "none" else 0
+    if name != "nasr":
+        out["targets"] = cfg.split.targets
+    return out
 
 
 def _has(tree: dict[str, Any], key: str) -> bool:

@@ -119,7 +119,8 @@ def nasr_too_big(sel: Selection, params: dict[str, int]) -> str | None:
 def experiment_settings(cfg: Any, name: str, attack: str, layers: Sequence[str]) -> dict:
     """Everything besides the features that changes an experiment's numbers: a saved one is reused or
     reported only when these match (rundir.is_current)."""
-    s = {**attack_settings(cfg, "logistic"), "layers": list(layers)}
+    plain = {k: v for k, v in attack_settings(cfg, "logistic").items() if k not in ("references", "targets")}
+    s = {**plain, "layers": list(layers)}  # experiments audit target 0 with plain features
     if name == "single-layer":
         s["kinds"] = list(cfg.sweep.kinds)
     if attack == "nasr":
