@@ -112,3 +112,23 @@ def test_the_report_shows_the_pooled_table_and_roc_of_an_attack_on_several_targe
     assert rows[0][2].startswith(f"{pooled['attacks']['lira']['tpr@1%']['value']:.4f}") and "not measurable" in rows[0][3]
     plots = make_plots({"attacks": attacks})
     assert plots[PLOTS["roc_pooled"]][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_between_target_summary_gives_the_gain_beyond_the_baseline_with_a_t_interval():
+    from scipy import stats
+
+    from mia_tasks.between_targets import between_target_summary
+
+    rng = np.random.default_rng(0)
+    v_all, v_empty = 0.85 + rng.normal(0, 0.01, 6), 0.84 + rng.normal(0, 0.01, 6)
+    auc_all, auc_base = 0.93 + rng.normal(0, 0.01, 6), 0.92 + rng.normal(0, 0.01, 6)
+    blocks = [{"players": [{"player": "a", "shapley": {"value": v_all[t] - v_empty[t]}}], "leakage_detected": True,
+               "v_all": {"value": v_all[t]}, "v_empty": {"value": v_empty[t]},
+               "all_layers": {"auc": {"value": auc_all[t]}, "tpr@0.1%": {"value": None}},
+               "baseline": {"auc": {"value": auc_base[t]}, "tpr@0.1%": {"value": None}}} for t in range(6)]
+    s = between_target_summary(blocks)
+    d = v_all - v_empty
+    half = stats.t.ppf(0.975, 5) * d.std(ddof=1) / np.sqrt(6)
+    assert s["gain"]["value"] == pytest.approx(d.mean()) and s["gain"]["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
+    assert s["all_layers_minus_baseline"]["auc"]["value"] == pytest.approx((auc_all - auc_base).mean())
+    assert "tpr@0.1%" not in s["all_layers_minus_baseline"] and s["gain"]["n"] == 6

@@ -25,6 +25,11 @@ def targets_blocks(report: dict) -> list[tuple]:
                               "samples]; the mean row: mean over targets [95% t-interval, n = targets], the variance of "
                               "training a target included."),
                         ("table", header, rows)]
+    if between.get("gain"):
+        diffs = between.get("all_layers_minus_baseline") or {}
+        out.append(("p", f"What all the players add to v(∅) (v(all) − v(∅), mean over targets [95% t-interval]): "
+                         f"{fmt(between['gain'], 4)}" + ("; the all-layer attack minus the baseline: " + ", ".join(
+                             f"{k} {fmt(m, 4)}" for k, m in diffs.items()) if diffs else "") + "."))
     rs = between.get("ranking_stability")
     if rs:
         out.append(("p", f"Ranking stability across targets: Kendall's W = {rs['kendall_w']:.3f} (p = {rs['kendall_w_p_value']:.3g}; "
