@@ -136,8 +136,10 @@ def _headline_blocks(report: dict) -> list[tuple]:
     first = (report.get("targets") or [None])[0]
     if first:
         items = []
-        for label, m in (("all layers, logistic attack (the sweep's full coalition)", first["all_layers"]),
-                         ("loss-threshold baseline", first["baseline"])):
+        extra = report["config"].get("sweep", {}).get("baseline", "none")
+        full = "all layers" + ("" if extra == "none" else f" + the {first['baseline'].get('attack')} score")
+        for label, m in ((f"{full}, logistic attack (the sweep's full coalition)", first["all_layers"]),
+                         (f"{first['baseline'].get('attack', 'loss-threshold')} baseline", first["baseline"])):
             items.append(f"{label}: accuracy {interval_text(m['accuracy'])}, AUC {fmt(m['auc'])}, "
                          f"TPR@1% FPR {fmt(m['tpr@1%'])}, TPR@0.1% FPR {fmt(m['tpr@0.1%'])}")
         out.append(("ul", items))

@@ -52,7 +52,8 @@ def verdict_list(block: dict | None) -> list[dict[str, str]]:
     if not block:
         return []
     v = block["verdicts"]
-    out = [{"step": "leakage", "statement": f"{v['statement']} (all-layer attack AUC {fmt(v['attack_auc'])}; loss-threshold "
+    base = block.get("baseline", {}).get("attack", "loss-threshold")
+    out = [{"step": "leakage", "statement": f"{v['statement']} (all-layer attack AUC {fmt(v['attack_auc'])}; {base} "
                                             f"baseline AUC {fmt(v['baseline_auc'])}, "
                                             f"{'above' if v['baseline_above_chance'] else 'not above'} chance)."}]
     if not block["leakage_detected"]:
