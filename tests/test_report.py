@@ -195,3 +195,17 @@ def test_a_target_that_does_not_leak_gets_no_per_layer_claim(ray_head, tmp_path)
     for name in ("report.md", "report.html"):
         text = (out / name).read_text()
         assert "NO MEASURABLE LEAKAGE" in text and "No player is flagged" in text, name
+
+
+@pytest.mark.parametrize("checkpoint,refs,says", [("target.pt", 16, True), (None, 16, False), ("target.pt", 0, False)])
+def test_report_says_calibration_assumes_a_similarly_trained_pretrained_target(checkpoint, refs, says):
+    from helpers import ROOT
+    from mia_tasks.config import load_config
+
+    cfg = load_config(ROOT / "flows" / "configs" / "default.yaml", [f"references.count={refs}"]).to_dict()
+    cfg["model"]["checkpoint"] = checkpoint
+    report = build_report(cfg, {"config": "c", "features": "f"}, None, [], None, {}, {})
+    md = render_markdown(report, [])
+    assert ("Calibrated attacks (LiRA, RMIA, calibrated features) assume the target was trained similarly" in md) == says
+    if says:
+        assert "its 16 reference models were trained here with this config's recipe (40 epochs, batch 32, lr 0.05" in md

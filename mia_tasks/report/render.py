@@ -42,6 +42,14 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
         b.append(("p", f"Target: train accuracy {t.get('train_accuracy', float('nan')):.4f}, test accuracy "
                        f"{t.get('test_accuracy', float('nan')):.4f} (overfit gap {t.get('overfit_gap')}; {t.get('members')} members, "
                        f"{t.get('epochs')} epochs)."))
+    refs = (cfg.get("references") or {}).get("count", 0)
+    if refs and cfg["model"].get("checkpoint"):
+        tr = cfg.get("train", {})
+        b.append(("p", f"The target is a pretrained checkpoint; its {refs} reference models were trained here with this "
+                       f"config's recipe ({tr.get('epochs')} epochs, batch {tr.get('batch_size')}, lr {tr.get('lr')}, "
+                       f"{tr.get('schedule')} schedule, augmentation {'on' if tr.get('augment') else 'off'}), each on a "
+                       f"random half of the pool. Calibrated attacks (LiRA, RMIA, calibrated features) assume the target "
+                       f"was trained similarly; if it was not, their scores are miscalibrated."))
     sh = report.get("shapley")
     first = (report.get("targets") or [None])[0]
     if first:
