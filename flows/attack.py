@@ -85,7 +85,7 @@ def with_references(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, featu
 def attack_targets(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, name: str,
                    layers: list[str] | None, kinds: list[str]) -> dict:
     """``name`` on each of the split.targets targets (targets for free: each model of the population in turn, with
-    the others as its references), the between-target means and the pooled ROC against the loss threshold."""
+    references.count others as its references), the between-target means and the pooled ROC against the loss threshold."""
     from .population import target_inputs
 
     targets = [(splits, features), *target_inputs(cfg, rd, hashes, splits)]

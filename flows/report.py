@@ -39,6 +39,7 @@ def file_settings(cfg: Config, name: str, rel: str) -> dict:
     settings = attack_settings(cfg, name)
     if "calibration" in settings:
         settings["calibration"] = attack_calibration(rel)
+        settings["references"] = cfg.references.count if settings["calibration"] != "none" else 0
     return settings
 
 

@@ -268,7 +268,7 @@ def test_layerleak_attack_lira_rmia_and_calibrated_logistic_on_the_tiny_populati
     assert block["v_empty"]["ci95"][0] < block["v_empty"]["value"] < block["v_empty"]["ci95"][1]
     assert block["efficiency_gap"] < 1e-9
     # targets for free: each of the 17 models in turn is the target, the other 16 its references (no model trained)
-    free = [*base, "--set", "split.targets=17"]
+    free = [*base, "--set", "split.targets=17", "--set", "sweep.baseline=lira", "--set", "attack.calibration=offline"]
     proc = run_cli("attack", "--attack", "lira", *free, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained" not in proc.stdout and "pooled over 17 targets x 120 audited samples" in proc.stdout
@@ -285,7 +285,7 @@ def test_layerleak_attack_lira_rmia_and_calibrated_logistic_on_the_tiny_populati
     assert not rec["metrics"]["tpr@1%"]["measurable"]
     assert rec["targets"]["between_targets"]["auc"]["n"] == 17
     assert "lira - loss-threshold" in pooled["differences"]
-    proc = run_cli("sweep", *free, "--set", "sweep.baseline=lira", "--set", "attack.calibration=offline", timeout=900)
+    proc = run_cli("sweep", *free, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shapley = json.loads((out / "shapley.json").read_text())
     assert [t["target"] for t in shapley["targets"]] == list(range(17)) and shapley["between_targets"]["targets"] == 17

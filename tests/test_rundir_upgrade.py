@@ -196,6 +196,12 @@ def test_report_reads_calibrated_and_uncalibrated_logistic_results(tiny_run, tmp
     assert found["attacks"]["logistic"] == plain and found["attacks"]["logistic-calibrated-offline"] == calibrated
     assert found["ignored"] == ["attacks/logistic-calibrated-online.json"]
     assert _strongest(found["attacks"]) == "logistic-calibrated-offline"
+    # a config with references (as calibration needs): the uncalibrated file records none, the calibrated one 4
+    cfg4 = load(None, [*TINY, "references.count=4", f"output.dir={out}"])
+    with4 = {**calibrated, "settings": {**calibrated["settings"], "references": 4}}
+    (out / "attacks/logistic-calibrated-offline.json").write_text(json.dumps(with4))
+    found = gather(cfg4, rd, stage_hashes(cfg4))
+    assert found["attacks"]["logistic"] == plain and found["attacks"]["logistic-calibrated-offline"] == with4
     other_c = {**calibrated, "settings": {**calibrated["settings"], "C": 0.5}}  # calibrated, with another C
     (out / "attacks/logistic-calibrated-offline.json").write_text(json.dumps(other_c))
     found = gather(cfg, rd, stage_hashes(cfg))

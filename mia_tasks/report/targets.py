@@ -53,8 +53,8 @@ def attack_targets_blocks(attacks: dict) -> list[tuple]:
             rows.append([f"{name}, mean of {summary['count']} targets", *[fmt(bt.get(k), 4) for k in keys]])
         out += [("h", 3, f"{name} on {summary['count']} targets"),
                 ("p", f"Pooled over {p['targets']} targets × {p['samples']} audited samples ({p['members']} member and "
-                      f"{p['non_members']} non-member scores; each target has its own membership, and its references are "
-                      f"the other models). Pooled rows: value [95% percentile interval from {p['resampling']['replicates']:,} "
+                      f"{p['non_members']} non-member scores; each target has its own membership and its own references, "
+                      f"other models of the population). Pooled rows: value [95% percentile interval from {p['resampling']['replicates']:,} "
                       f"replicates of a two-way bootstrap: targets and audited samples redrawn with replacement, the "
                       f"threshold re-read in each]. The mean row: mean over targets [95% t-interval, n = targets]."),
                 ("table", ["attack", *keys], rows)]
