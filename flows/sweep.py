@@ -64,8 +64,11 @@ class Fitter:
         a = self.attack
         masks = column_masks(coalitions, self.widths)
         masks = np.hstack([masks, np.ones((len(masks), self.always), bool)])
+        # the baseline's score is unpenalised, like the intercept: with no feature weight the coalition's attack is
+        # a threshold on that score, as v(∅) is, so the penalty never shrinks the baseline a coalition builds on
+        penalty = np.r_[np.ones(sum(self.widths)), np.zeros(self.always)]
         cf = crossfit_coalitions(d["X"], d["y"], masks, k=a["folds"], seed=a["seed"],
-                                 C=a["C"], transform=a["transform"], device=self.device)
+                                 C=a["C"], transform=a["transform"], device=self.device, penalty=penalty)
         table = sweep_rows(target, coalitions, cf.scores, cf.packed, cf.y, len(self.widths))
         name = sweep_part(target, int(coalitions[0]), int(coalitions[-1]))
         self.rd.write_parquet(name, table, stamp("sweep", {"sweep": self.hash}))

@@ -4,7 +4,8 @@ A coalition is a set of feature columns (the 7 statistics of each of its layers)
 attack is the model of :class:`mia_tasks.attacks.LogisticAttack`: features standardised with
 attack-train's mean/std, then L2 logistic regression with an unpenalised intercept,
 
-    minimise  C · Σ_n logloss(y_n, x_n·w + b) + ½‖w‖²          (scikit-learn's lbfgs objective)
+    minimise  C · Σ_n logloss(y_n, x_n·w + b) + ½‖w‖²          (scikit-learn's lbfgs objective;
+                                                               optionally ½ Σ_j penalty_j w_j²)
 
 Instead of one lbfgs fit per coalition, a chunk of coalitions takes full-batch quasi-Newton steps
 together (torch; a GPU with ``device="cuda"``):
@@ -188,7 +189,7 @@ class _Coalitions:
     they stay at 0.
     """
 
-    def __init__(self, mask: np.ndarray, d: int, device: torch.device):
+    def __init__(self, mask: np.ndarray, d: int, device: torch.device, penalty: np.ndarray | None = None):
         k = mask.shape[0]
         width = mask.sum(axis=1)
         m = int(width.max()) + 1
@@ -199,7 +200,9 @@ class _Coalitions:
         pad = pos > width[:, None]
         self.idx = torch.as_tensor(idx, device=device)
         self.real = torch.as_tensor(~pad, dtype=torch.float64, device=device)
-        self.reg = self.real * (self.idx < d)  # the penalty covers feature weights, not the intercept
+        # the penalty covers feature weights (each scaled by ``penalty``), not the intercept
+        scale = np.ones(d + 1) if penalty is None else np.r_[np.asarray(penalty, np.float64), 1.0]
+        self.reg = self.real * (self.idx < d) * torch.as_tensor(scale, dtype=torch.float64, device=device)[self.idx]
         self.scatter_to = torch.where(torch.as_tensor(pad, device=device), d + 1, self.idx)  # pads -> spare column
         self.d = d
 
@@ -414,6 +417,7 @@ def fit_coalitions(
     return_params: bool = False,
     memory_bytes: int | None = None,
     max_chunk: int | None = None,
+    penalty: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit the logistic attack of every coalition; metrics on attack-eval, one entry per coalition.
 
@@ -423,7 +427,8 @@ def fit_coalitions(
     ``return_params`` also ``coef`` [K, D] (standardised features, 0 outside the coalition),
     ``intercept`` [K], ``n_iter`` [K] and ``converged`` [K]. Coalitions go in chunks of at most
     ``max_chunk`` (default 512 on CPU, 8192 on a GPU) that fit in ``memory_bytes`` (default 1 GiB on
-    CPU, half the free memory on a GPU).
+    CPU, half the free memory on a GPU). ``penalty`` [D]: each column's multiplier of the L2 penalty (default 1;
+    0 leaves a column unpenalised like the intercept, e.g. a baseline attack's score every coalition sees).
     """
     X_train, y_train = _check_xy(X_train, y_train, "attack-train")
     X_eval, y_eval = _check_xy(X_eval, y_eval, "attack-eval")
@@ -436,6 +441,10 @@ def fit_coalitions(
         raise LayerleakError("device 'cuda' asked for, but torch sees no CUDA GPU; use device='cpu'")
     mask = coalition_mask(coalition_cols, X_train.shape[1])
     K, D = mask.shape
+    if penalty is not None:
+        penalty = np.asarray(penalty, np.float64)
+        if penalty.shape != (D,) or not (np.isfinite(penalty) & (penalty >= 0)).all():
+            raise LayerleakError(f"coalition fit: penalty must be {D} non-negative numbers, one per column, got {penalty.shape}")
     budget = int(memory_bytes or _memory_budget(device))
     Xt, Xe = standardise(X_train, X_eval)
     pb = _Problem(Xt, y_train, float(C), device, budget)
@@ -456,7 +465,7 @@ def fit_coalitions(
     order = np.argsort(mask.sum(axis=1), kind="stable")
     for lo in range(0, K, chunk):
         rows = order[lo:lo + chunk]
-        W, it, ok = _fit_chunk(pb, _Coalitions(mask[rows], D, device), max_iter, tol)
+        W, it, ok = _fit_chunk(pb, _Coalitions(mask[rows], D, device, penalty), max_iter, tol)
         for key, val in batched_metrics(W @ Xe1.T, ye).items():
             out[key][rows] = val.cpu().numpy()
         coef[rows], intercept[rows] = W[:, :D].cpu().numpy(), W[:, D].cpu().numpy()

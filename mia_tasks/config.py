@@ -352,14 +352,15 @@ STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
     "target": ("seed", "dataset", "split", "model", "train"),
     "features": ("seed", "dataset", "split", "model", "train", "features", "feature_schema"),
-    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", *ATTACK_SETTINGS["logistic"].values(), "sweep",
+    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", "sweep_fit", *ATTACK_SETTINGS["logistic"].values(), "sweep",
               "sweep_references"),
     # the population pool's model halves (mia_tasks.population): its own stage, so adding targets or references
     # keeps the splits, the target and the models already trained (each model's half depends on its index only)
     "population": ("seed", "dataset", "split", "model.checkpoint", "population"),
 }
 # Versions of the code's output formats that change a stage's results as a setting would.
-CODE_VERSIONS = {"feature_schema": SCHEMA_VERSION}
+# sweep_fit 2: the baseline's score (sweep.baseline) is unpenalised in every coalition's attack
+CODE_VERSIONS = {"feature_schema": SCHEMA_VERSION, "sweep_fit": 2}
 RESULT_FREE = {"dataset.root", "dataset.download", "train.device", "features.device", "features.batch_size",
                "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint", "split.targets"}
 

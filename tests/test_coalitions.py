@@ -278,3 +278,28 @@ def test_cuda_matches_cpu(data, coalitions, fitted):
     for key in COALITION_METRICS:
         # Both solutions sit within ~1e-9 of the optimum: at most one near-tied eval score may flip.
         np.testing.assert_allclose(got[key], fitted[key], atol=1.5 / (ne / 2) ** 2 if key == "auc" else 1.5 / ne * 2)
+
+
+def test_a_column_penalty_equals_scikit_learn_on_a_rescaled_column(data):
+    """A per-column penalty p_j is scikit-learn's uniform penalty on column j scaled by 1/sqrt(p_j): the same fitted
+    scores, coefficient j scaled back. p_j = 0 (the sweep's baseline score) is the limit of a huge scale."""
+    Xt, yt, Xe, ye = data
+    cols = np.arange(6)
+    penalty = np.ones(Xt.shape[1])
+    penalty[[1, 4]] = [0.25, 0.01]
+    got = fit_coalitions(Xt, yt, Xe, ye, [cols], C=0.01, return_params=True, penalty=penalty)
+    Zt, Ze = standardise(Xt[:, cols], Xe[:, cols])
+    scale = 1 / np.sqrt(penalty[cols])
+    with threadpool_limits(1):
+        model = LogisticRegression(C=0.01, tol=1e-10, max_iter=100000).fit(Zt * scale, yt)
+    np.testing.assert_allclose(got["coef"][0, cols], model.coef_.ravel() * scale, rtol=1e-4, atol=1e-6)
+    ref = model.decision_function(Ze * scale)
+    assert got["auc"][0] == pytest.approx(roc_auc_score(ye, ref), abs=1e-9)
+    penalty[4] = 1e-9
+    tiny = fit_coalitions(Xt, yt, Xe, ye, [cols], C=0.01, return_params=True, penalty=penalty)
+    penalty[4] = 0.0
+    free = fit_coalitions(Xt, yt, Xe, ye, [cols], C=0.01, return_params=True, penalty=penalty)
+    np.testing.assert_allclose(free["coef"], tiny["coef"], rtol=1e-5, atol=1e-7)
+    assert abs(free["coef"][0, 4]) > abs(got["coef"][0, 4])  # less shrinkage
+    with pytest.raises(LayerleakError, match="penalty must be"):
+        fit_coalitions(Xt, yt, Xe, ye, [cols], penalty=-penalty)
