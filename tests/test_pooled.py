@@ -104,11 +104,18 @@ def test_the_report_shows_the_pooled_table_and_roc_of_an_attack_on_several_targe
                             baseline="loss-threshold")
     pooled["roc"] = {a: _roc_points(member.ravel(), s.ravel()) for a, s in (("lira", scores), ("loss-threshold", scores))}
     pooled["roc_measurable_from"] = 10 / pooled["non_members"]
-    attacks = {"lira": {"targets": {"count": 12, "between_targets": None, "pooled": pooled}}}
+    mean = {"auc": {"value": 0.7, "ci95": [0.6, 0.8], "n": 12}}
+    attacks = {"lira": {"attack": "lira", "targets": {"count": 12, "between_targets": mean, "pooled": pooled}},
+               "loss-threshold": {"attack": "loss-threshold",
+                                  "targets": {"count": 12, "between_targets": mean,
+                                              "pooled": {**pooled, "attacks": {"loss-threshold": pooled["attacks"]["loss-threshold"]},
+                                                         "differences": {}}}}}
     (_, _, title), (_, text), (_, header, rows) = attack_targets_blocks(attacks)
-    assert title == "lira on 12 targets" and "two-way bootstrap" in text and "1200 non-member scores" in text
-    assert header == ["attack", "auc", "tpr@1%", "tpr@0.1%"]
-    assert [r[0] for r in rows] == ["lira", "loss-threshold", "lira - loss-threshold"]
+    assert title == "Attacks on 12 targets" and "two-way bootstrap" in text and "1200 non-member scores" in text
+    assert header == ["attack", "pooled auc", "pooled tpr@1%", "pooled tpr@0.1%", "mean of targets: auc",
+                      "mean of targets: tpr@1%"]
+    assert [r[0] for r in rows] == ["lira", "loss-threshold", "lira - loss-threshold"]  # the baseline once, with its mean
+    assert rows[1][4] == "0.7000 [0.6000, 0.8000]" and rows[2][4] == "–"
     assert rows[0][2].startswith(f"{pooled['attacks']['lira']['tpr@1%']['value']:.4f}") and "not measurable" in rows[0][3]
     plots = make_plots({"attacks": attacks})
     assert plots[PLOTS["roc_pooled"]][:8] == b"\x89PNG\r\n\x1a\n"

@@ -137,10 +137,17 @@ def make_plots(report: dict) -> dict[str, bytes]:
                                         min(a["non_members"] for a in rocs.values()),
                                         max(a["roc_measurable_from"] for a in rocs.values()), sorted(notes),
                                         "ROC, out-of-fold scores (log-log; shaded: measurable)")
-    pooled = {name: a["targets"]["pooled"] for name, a in report.get("attacks", {}).items()
-              if (a.get("targets") or {}).get("pooled", {}).get("roc")}
+    runs = {key: a for key, a in report.get("attacks", {}).items() if (a.get("targets") or {}).get("pooled", {}).get("roc")}
+    pooled = {key: a["targets"]["pooled"] for key, a in runs.items()}
     if pooled:  # attacks run on several targets: the pooled ROC over every (target, sample), one curve per attack
-        curves = {attack: (p["roc"][attack], m["auc"]) for p in pooled.values() for attack, m in p["attacks"].items()}
+        curves = {}
+        for key, a in runs.items():  # each attack under its report name, then the baselines not run on their own
+            name = a.get("attack", key)
+            curves[key] = (pooled[key]["roc"][name], pooled[key]["attacks"][name]["auc"])
+        for key, a in runs.items():
+            for attack, m in pooled[key]["attacks"].items():
+                if attack != a.get("attack", key) and attack not in curves:
+                    curves[attack] = (pooled[key]["roc"][attack], m["auc"])
         notes = {f"TPR@{k[4:]}: {m['reason']}" for p in pooled.values() for m_all in p["attacks"].values()
                  for k, m in m_all.items() if k.startswith("tpr@") and not m.get("measurable", True)}
         first = next(iter(pooled.values()))

@@ -38,24 +38,36 @@ def targets_blocks(report: dict) -> list[tuple]:
 
 
 def attack_targets_blocks(attacks: dict) -> list[tuple]:
-    """Per attack run on several targets (``layerleak attack`` with split.targets > 1): the pooled ROC's AUC and
-    TPR at low FPR of the attack and its baseline, their paired difference, and the between-target means."""
-    out: list[tuple] = []
-    for name, a in attacks.items():
-        summary = a.get("targets")
-        if not summary:
-            continue
-        p = summary["pooled"]
-        keys = list(next(iter(p["attacks"].values())))
-        rows = [[attack, *[fmt(m[k], 4) for k in keys]] for attack, m in {**p["attacks"], **p["differences"]}.items()]
-        if summary.get("between_targets"):
-            bt = summary["between_targets"]
-            rows.append([f"{name}, mean of {summary['count']} targets", *[fmt(bt.get(k), 4) for k in keys]])
-        out += [("h", 3, f"{name} on {summary['count']} targets"),
-                ("p", f"Pooled over {p['targets']} targets × {p['samples']} audited samples ({p['members']} member and "
-                      f"{p['non_members']} non-member scores; each target has its own membership and its own references, "
-                      f"other models of the population). Pooled rows: value [95% percentile interval from {p['resampling']['replicates']:,} "
-                      f"replicates of a two-way bootstrap: targets and audited samples redrawn with replacement, the "
-                      f"threshold re-read in each]. The mean row: mean over targets [95% t-interval, n = targets]."),
-                ("table", ["attack", *keys], rows)]
-    return out
+    """One table for the attacks run on several targets (``layerleak attack`` with split.targets > 1): each attack's
+    pooled AUC and TPR at low FPR with the between-target means, its baseline's, and their paired differences."""
+    runs = {key: a for key, a in attacks.items() if a.get("targets")}
+    if not runs:
+        return []
+    first = next(iter(runs.values()))["targets"]["pooled"]
+    keys = list(next(iter(first["attacks"].values())))
+    mean_keys = [k for k in ("auc", "tpr@1%") if k in keys]
+    rows, labels, diffs = [], set(), []
+    for key, a in runs.items():  # each attack's own row, under its report name, with its mean over targets
+        summary, name = a["targets"], a.get("attack", key)
+        between = summary.get("between_targets") or {}
+        rows.append([key, *[fmt(summary["pooled"]["attacks"][name][k], 4) for k in keys],
+                     *[fmt(between.get(k), 4) for k in mean_keys]])
+        labels.add(key)
+    for key, a in runs.items():  # baselines not run on their own, and the paired differences
+        p, name = a["targets"]["pooled"], a.get("attack", key)
+        for attack, m in p["attacks"].items():
+            if attack != name and attack not in labels:
+                rows.append([attack, *[fmt(m[k], 4) for k in keys], *["–"] * len(mean_keys)])
+                labels.add(attack)
+        for label, m in p["differences"].items():
+            diffs.append([key + label[len(name):] if label.startswith(name) else label,
+                          *[fmt(m[k], 4) for k in keys], *["–"] * len(mean_keys)])
+    header = ["attack", *[f"pooled {k}" for k in keys], *[f"mean of targets: {k}" for k in mean_keys]]
+    return [("h", 3, f"Attacks on {first['targets']} targets"),
+            ("p", f"Pooled over {first['targets']} targets × {first['samples']} audited samples ({first['members']} member "
+                  f"and {first['non_members']} non-member scores; each target has its own membership and its own "
+                  f"references, other models of the population): value [95% percentile interval from "
+                  f"{first['resampling']['replicates']:,} replicates of a two-way bootstrap: targets and audited samples "
+                  f"redrawn with replacement, the threshold re-read in each]; a difference is paired in the same "
+                  f"replicates. Mean of targets: mean over targets [95% t-interval, n = targets]."),
+            ("table", header, rows + diffs)]
