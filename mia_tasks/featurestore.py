@@ -26,7 +26,7 @@ def part_problem(rd: RunDir, shard: int, config_hash: str, sample_ids: np.ndarra
     try:
         meta = rd.parquet_metadata(name)
         if not is_current(meta, "features", {"features": config_hash}):
-            return f"made by another config (hash {meta.get(HASH_KEY)})"
+            return f"made by another config or layerleak version (hash {meta.get(HASH_KEY)})"
         ids = rd.read_parquet(name).column("sample_id").to_numpy()
     except (OSError, pa.ArrowException, ValueError) as e:
         return f"unreadable ({one_line(e)})"

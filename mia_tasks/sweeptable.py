@@ -59,7 +59,7 @@ def read_sweep(rd: RunDir, config_hash: str) -> dict[int, dict[int, dict]]:
         try:
             meta = rd.parquet_metadata(rel)
             if not is_current(meta, "sweep", {"sweep": config_hash}):
-                raise ValueError(f"made by another config (hash {meta.get(HASH_KEY)})")
+                raise ValueError(f"made by another config or layerleak version (hash {meta.get(HASH_KEY)})")
             t = rd.read_parquet(rel)
             cols = {c: t.column(c).to_pylist() for c in SWEEP_COLUMNS}
         except (OSError, pa.ArrowException, ValueError, KeyError) as e:

@@ -174,7 +174,7 @@ def test_truncated_and_foreign_feature_parts_are_recomputed(tiny_run, ray_head, 
     proc = run_cli("extract", *tiny_args(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"part-00001\.parquet is unreadable .*; recomputing it", proc.stdout), proc.stdout
-    assert "part-00003.parquet is made by another config (hash 0123456789abcdef); recomputing it" in proc.stdout
+    assert "part-00003.parquet is made by another config or layerleak version (hash 0123456789abcdef); recomputing it" in proc.stdout
     assert "50 samples in 2 parts (3 reused)" in proc.stdout
     assert {n: (feats / n).stat().st_mtime_ns for n in kept} == kept  # good parts untouched
     assert_features_equal(out, tiny_run)  # the zeros of the foreign part were never read
@@ -198,7 +198,7 @@ def test_truncated_and_foreign_parts_of_reference_models_are_reported_and_recomp
     proc = run_cli("extract", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"extract: models/1/features/part-00001\.parquet is unreadable .*; recomputing it", proc.stdout), proc.stdout
-    assert ("extract: models/2/features/part-00003.parquet is made by another config (hash 0123456789abcdef); "
+    assert ("extract: models/2/features/part-00003.parquet is made by another config or layerleak version (hash 0123456789abcdef); "
             "recomputing it") in proc.stdout
     assert "all 5 parts present" in proc.stdout  # the target's parts are untouched
     assert "50 samples of 2 models in 2 parts" in proc.stdout
@@ -219,6 +219,6 @@ def test_truncated_and_foreign_sweep_parts_are_refitted(tiny_run, ray_head, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     for bad in (truncated, foreign):
         assert f"sweep/{bad.name} is not a valid part" in proc.stdout, proc.stdout
-    assert "made by another config (hash 0123456789abcdef)" in proc.stdout
+    assert "made by another config or layerleak version (hash 0123456789abcdef)" in proc.stdout
     assert f"{15 - n_bad} of 15 (target, coalition)s present, fitting {n_bad}" in proc.stdout
     assert_sweep_complete(out, tiny_run)
