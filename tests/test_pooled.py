@@ -139,3 +139,22 @@ def test_between_target_summary_gives_the_gain_beyond_the_baseline_with_a_t_inte
     assert s["gain"]["value"] == pytest.approx(d.mean()) and s["gain"]["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
     assert s["all_layers_minus_baseline"]["auc"]["value"] == pytest.approx((auc_all - auc_base).mean())
     assert "tpr@0.1%" not in s["all_layers_minus_baseline"] and s["gain"]["n"] == 6
+
+
+def test_pooled_bench_truth_is_the_plain_metric_of_a_large_population_and_the_smoke_run_reports_coverage(capsys):
+    import json
+
+    from flows.bench import pooled as bench
+    from mia_tasks.metrics import auc
+
+    scores, member = bench.simulate(np.random.default_rng(0), 4, 300)
+    assert member.sum(axis=1).tolist() == [150] * 4 and scores["strong"].shape == (4, 300)
+    # the strong attack separates better than the weak one on the same samples
+    assert auc(member.ravel(), scores["strong"].ravel()) > auc(member.ravel(), scores["weak"].ravel())
+    assert bench.main(["--json", "--quick", "--audits", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["audits"] == 2 and set(out["coverage"]) == {f"{a} {m}" for a in ("strong", "weak", "strong - weak")
+                                                            for m in ("auc", "tpr@1%")}
+    assert out["truth"]["strong - weak"]["auc"] == pytest.approx(out["truth"]["strong"]["auc"] - out["truth"]["weak"]["auc"])
+    assert 0.7 < out["truth"]["strong"]["auc"] < 0.85 and all(0 <= c["value"] <= 1 for c in out["coverage"].values())
+    assert bench.main(["--audits", "0"]) == 2
