@@ -91,10 +91,11 @@ def test_prepare_accepts_outputs_of_an_older_code_version_and_refuses_another_co
 
     hashes = rd.prepare(cfg)
     said = capsys.readouterr().out
-    assert (f"OUT {out}: its features, sweep outputs were made by another layerleak version (feature_schema now "
-            f"{SCHEMA_VERSION}), not another config; they are made again, the rest is kept") in said
+    now = ", ".join(f"{k} now {v}" for k, v in config_module.CODE_VERSIONS.items())  # no versions recorded: all named
+    assert (f"OUT {out}: its features, sweep outputs were made by another layerleak version ({now}), not another "
+            f"config; they are made again, the rest is kept") in said
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["hashes"] == hashes == stage_hashes(cfg) and saved["code_versions"] == {"feature_schema": SCHEMA_VERSION}
+    assert saved["hashes"] == hashes == stage_hashes(cfg) and saved["code_versions"] == dict(config_module.CODE_VERSIONS)
     assert _snapshot(out, ("config.yaml",)) == outputs  # prepare removes nothing; the stages replace what is outdated
     assert rd.saved_config() == dataclasses.replace(cfg, output=OutputConfig(dir=str(out)))
 
@@ -146,7 +147,7 @@ def test_an_older_feature_schema_is_recomputed_and_another_seed_still_refused(ti
         for c in first.column_names:
             np.testing.assert_allclose(again.column(c).to_numpy(), first.column(c).to_numpy(), rtol=1e-5, atol=1e-6)
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["hashes"]["features"] == new["features"] and saved["code_versions"] == {"feature_schema": SCHEMA_VERSION}
+    assert saved["hashes"]["features"] == new["features"] and saved["code_versions"] == dict(config_module.CODE_VERSIONS)
 
     before = _snapshot(out, (LOCK,))  # another seed on the upgraded OUT: one line, nothing changed
     proc = run_cli("extract", *tiny_args(out, "seed=7"))
