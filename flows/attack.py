@@ -94,7 +94,7 @@ def attack_targets(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, featur
                               folds=cfg.attack.folds, bootstrap=cfg.attack.bootstrap, options=attack_options(cfg, name))
 
 
-def targets_text(summary: dict, name: str) -> str:
+def targets_text(summary: dict) -> str:
     """The several-targets lines of ``layerleak attack``: between-target means and the pooled comparison."""
     lines = []
     if summary["between_targets"]:
@@ -132,6 +132,6 @@ def attack_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
     for key, m in result["metrics"].items():
         print(f"  {key:18s} {interval_text(m)}")
     if "targets" in result:
-        print(targets_text(result["targets"], name), end="")
+        print(targets_text(result["targets"]), end="")
     print(f"[layerleak] attack: saved {rd.uri}/{path}")
     return result

@@ -139,8 +139,9 @@ def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Featu
         if baseline != name:
             base.append(out_of_fold(baseline, base_features, splits, [LOSS], folds, seed)[0])
     pooled_scores = {name: np.vstack(scores), **({baseline: np.vstack(base)} if base else {})}
-    pooled = pooled_metrics(pooled_scores, np.vstack(member), replicates=bootstrap, seed=seed, baseline=baseline if base else name)
-    y = np.vstack(member).ravel()
+    M = np.vstack(member)
+    pooled = pooled_metrics(pooled_scores, M, replicates=bootstrap, seed=seed, baseline=baseline if base else name)
+    y = M.ravel()
     pooled["roc"] = {attack: _roc_points(y, s.ravel()) for attack, s in pooled_scores.items()}
     pooled["roc_measurable_from"] = min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum())))
     summary = {

@@ -18,9 +18,9 @@ def _entries(block: Mapping) -> dict:
 
 def _differences(a: Sequence[Mapping], b: Sequence[Mapping]) -> dict:
     """Between-target means of a[t][metric] - b[t][metric] for the metrics with values in every target."""
-    keys = [k for k in a[0] if all(x.get(k, {}).get("value") is not None and y.get(k, {}).get("value") is not None
-                                   for x, y in zip(a, b))]
-    return {k: between_targets([x[k]["value"] - y[k]["value"] for x, y in zip(a, b)]) for k in keys}
+    return combine_targets([{k: {"value": x[k]["value"] - y[k]["value"]} for k in x
+                             if x[k].get("value") is not None and (y.get(k) or {}).get("value") is not None}
+                            for x, y in zip(a, b)])
 
 
 def between_target_summary(blocks: Sequence[Mapping]) -> dict:
@@ -30,6 +30,7 @@ def between_target_summary(blocks: Sequence[Mapping]) -> dict:
     each with its t-interval (n = targets), the players' ranking stability, and how many targets leak."""
     names = [p["player"] for p in blocks[0]["players"]]
     shapley = np.array([[p["shapley"]["value"] for p in b["players"]] for b in blocks], dtype=np.float64)
+    attack, baseline = [_entries(b["all_layers"]) for b in blocks], [_entries(b["baseline"]) for b in blocks]
     return {
         "targets": len(blocks),
         "resampling": "targets: independently trained models, each on its own random half of the pool",
@@ -37,10 +38,9 @@ def between_target_summary(blocks: Sequence[Mapping]) -> dict:
         "v_all": between_targets([b["v_all"]["value"] for b in blocks]),
         # what all the players add to v(∅) (the baseline attack's value under sweep.baseline), target by target
         "gain": between_targets([b["v_all"]["value"] - (b.get("v_empty") or {}).get("value", 0.5) for b in blocks]),
-        "all_layers_minus_baseline": _differences([_entries(b["all_layers"]) for b in blocks],
-                                                  [_entries(b["baseline"]) for b in blocks]),
-        "all_layers": combine_targets([_entries(b["all_layers"]) for b in blocks]),
-        "baseline": combine_targets([_entries(b["baseline"]) for b in blocks]),
+        "all_layers_minus_baseline": _differences(attack, baseline),
+        "all_layers": combine_targets(attack),
+        "baseline": combine_targets(baseline),
         "players": [{"player": n, "shapley": between_targets(shapley[:, i])} for i, n in enumerate(names)],
         "ranking_stability": ranking_stability(shapley) if len(blocks) >= 2 and len(names) >= 2 else None,
     }

@@ -13,7 +13,7 @@ on the reference models that trained on it (IN) and on those that did not (OUT):
 sample: the within-sample variance of all IN (OUT) observations, so the sample's mean is still its
 own. ``per-example`` uses each sample's own spread, falling back to the pooled one where the sample
 has fewer than two observations on a side. Means are plain means (the paper's code uses medians). A sample whose references all sit on one side
-gets that side's mean from the other's and the average IN - OUT gap (references.side_means).
+gets that side's mean from the other's and the average IN - OUT gap (references.side_gaussians).
 
 The attack reads the target's ``loss`` and the references' ``ref.<k>.loss`` / ``ref.<k>.in``
 columns (mia_tasks.attacks.references); higher score = more likely a member.

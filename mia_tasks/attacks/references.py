@@ -115,25 +115,22 @@ def reference_arrays(target: np.ndarray, values: np.ndarray, inside: np.ndarray,
     return target, values, inside
 
 
-def reference_gaussians(values: np.ndarray, mask: np.ndarray, variance: str = "global",
-                        mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def reference_gaussians(values: np.ndarray, mask: np.ndarray, variance: str = "global") -> tuple[np.ndarray, np.ndarray]:
     """Per-sample (mean, std) [n, ...] of ``values`` [K, n, ...] over the references where ``mask`` [K, n] holds.
 
     ``global`` pools the within-sample variance over all samples (per trailing column); ``per-example``
     uses each sample's own, falling back to the pooled one where it has fewer than two observations.
-    Standard deviations are floored at ``MIN_STD`` and at 1e-3 of the pooled one. ``mean``: the per-sample
-    means to return (side_means' for a sample without references on this side), instead of the plain ones.
+    Standard deviations are floored at ``MIN_STD`` and at 1e-3 of the pooled one.
     """
     if variance not in VARIANCES:
         raise LayerleakError(f"reference variance {variance!r}: choose one of {', '.join(VARIANCES)}")
     values = np.asarray(values, np.float64)
     mask = np.asarray(mask, bool).reshape(mask.shape + (1,) * (values.ndim - 2))
     count = mask.sum(axis=0)
-    own = np.where(mask, values, 0.0).sum(axis=0) / np.maximum(count, 1)
-    sq = np.where(mask, (values - own) ** 2, 0.0).sum(axis=0)
+    mean = np.where(mask, values, 0.0).sum(axis=0) / np.maximum(count, 1)
+    sq = np.where(mask, (values - mean) ** 2, 0.0).sum(axis=0)
     dof = np.maximum(count - 1, 0)
     pooled = np.sqrt(sq.sum(axis=0) / np.maximum(dof.sum(axis=0), 1))
-    mean = own if mean is None else np.asarray(mean, np.float64)
     if variance == "global":
         std = np.broadcast_to(pooled, mean.shape)
     else:
@@ -143,34 +140,26 @@ def reference_gaussians(values: np.ndarray, mask: np.ndarray, variance: str = "g
 
 def side_gaussians(values: np.ndarray, inside: np.ndarray, variance: str, what: str
                    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """((IN mean, IN std), (OUT mean, OUT std)) per sample: reference_gaussians on each side, with side_means'
-    means (so a sample whose references are all on one side is still scored)."""
-    mu_in, mu_out = side_means(values, inside, what)
-    return (reference_gaussians(values, inside, variance, mu_in), reference_gaussians(values, ~inside, variance, mu_out))
-
-
-def side_means(values: np.ndarray, inside: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample (IN mean, OUT mean) [n, ...] of ``values`` [K, n, ...] over the references on each side.
+    """((IN mean, IN std), (OUT mean, OUT std)) per sample: reference_gaussians on each side.
 
     With K references a sample has every one of them on one side with probability 2^(1-K): over many
     samples and targets (17 targets x 2,000 samples with K = 16 expect one) that happens. Such a sample's
     missing mean is its other side's mean minus (or plus) the average IN - OUT gap over the samples that have
-    both sides, so it is scored as a typical sample would be, rather than the whole audit refused.
+    both sides (its spread the pooled one), so it is scored as a typical sample would be, rather than the whole
+    audit refused.
     """
     values = np.asarray(values, np.float64)
     inside = np.asarray(inside, bool)
-    shape = inside.shape + (1,) * (values.ndim - 2)
-    means = {}
-    for side, mask in (("IN", inside), ("OUT", ~inside)):
-        count = mask.sum(axis=0).reshape(mask.shape[1:] + (1,) * (values.ndim - 2))
-        means[side] = np.where(mask.reshape(shape), values, 0.0).sum(axis=0) / np.maximum(count, 1)
-        means[side + "_missing"] = np.broadcast_to(count == 0, means[side].shape)
-    both = ~(means["IN_missing"] | means["OUT_missing"])
-    if (means["IN_missing"] | means["OUT_missing"]).any():
+    (mu_in, s_in), (mu_out, s_out) = (reference_gaussians(values, m, variance) for m in (inside, ~inside))
+    trailing = (1,) * (values.ndim - 2)
+    no_in = (inside.sum(axis=0) == 0).reshape(inside.shape[1:] + trailing)
+    no_out = (inside.sum(axis=0) == inside.shape[0]).reshape(inside.shape[1:] + trailing)
+    if no_in.any() or no_out.any():
+        both = np.broadcast_to(~(no_in | no_out), mu_in.shape)
         if not both.any(axis=0).all():
             raise LayerleakError(f"{what}: no audited sample has both IN and OUT reference models among "
                                  f"{inside.shape[0]}; use more references (references.count)")
-        gap = np.where(both, means["IN"] - means["OUT"], 0.0).sum(axis=0) / both.sum(axis=0)
-        means["IN"] = np.where(means["IN_missing"], means["OUT"] + gap, means["IN"])
-        means["OUT"] = np.where(means["OUT_missing"], means["IN"] - gap, means["OUT"])
-    return means["IN"], means["OUT"]
+        gap = np.where(both, mu_in - mu_out, 0.0).sum(axis=0) / both.sum(axis=0)
+        mu_in = np.where(no_in, mu_out + gap, mu_in)
+        mu_out = np.where(no_out, mu_in - gap, mu_out)
+    return (mu_in, s_in), (mu_out, s_out)

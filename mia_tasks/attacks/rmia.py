@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import LayerleakError
 from ..schema import LOSS
-from .references import reference_arrays, reference_matrix, side_means
+from .references import reference_arrays, reference_matrix, side_gaussians
 from .threshold import best_threshold
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def likelihood_ratio(p: np.ndarray, ref_p: np.ndarray, inside: np.ndarray, mode:
     if mode == "online":
         prior = ref_p.mean(axis=0)
     else:
-        mean_out = np.clip(side_means(ref_p, inside, "RMIA offline")[1], 0.0, 1.0)
+        mean_out = np.clip(side_gaussians(ref_p, inside, "global", "RMIA offline")[1][0], 0.0, 1.0)
         prior = (1 + a) / 2 * mean_out + (1 - a) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(prior > 0, p / prior, np.where(p > 0, np.inf, 1.0))
