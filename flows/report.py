@@ -36,11 +36,7 @@ def _read(rd: RunDir, rel: str) -> dict | None:
 def file_settings(cfg: Config, name: str, rel: str) -> dict:
     """The settings a current result of attack ``name`` in file ``rel`` records: the config's, with the calibration
     the file's name says (calibrated and uncalibrated logistic results live side by side; the report shows both)."""
-    settings = attack_settings(cfg, name)
-    if "calibration" in settings:
-        settings["calibration"] = attack_calibration(rel)
-        settings["references"] = cfg.references.count if settings["calibration"] != "none" else 0
-    return settings
+    return attack_settings(cfg, name, attack_calibration(rel) if name == "logistic" else None)
 
 
 def _missing(rd: RunDir, what: str, command: str) -> LayerleakError:

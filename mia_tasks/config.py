@@ -401,14 +401,16 @@ def sweep_references(cfg: Config) -> int:
     return cfg.references.count if calibrated else 0
 
 
-def attack_settings(cfg: Config, name: str) -> dict[str, Any]:
+def attack_settings(cfg: Config, name: str, calibration: str | None = None) -> dict[str, Any]:
     """The settings (ATTACK_SETTINGS) that a result of ``layerleak attack --attack name`` made with ``cfg`` records:
-    with the logistic attack, the references its calibration read (0 uncalibrated); but for nasr, the targets it
-    was run on (split.targets: a result on several targets carries their block)."""
+    with the logistic attack, its calibration (``calibration``, default attack.calibration) and the references it
+    read (0 uncalibrated); but for nasr, the targets it was run on (split.targets: a result on several targets
+    carries their block)."""
     tree = cfg.to_dict()
     out = {k: _select(tree, key) for k, key in ATTACK_SETTINGS[name].items()}
     if name == "logistic":
-        out["references"] = cfg.references.count if cfg.attack.calibration != "none" else 0
+        out["calibration"] = cfg.attack.calibration if calibration is None else calibration
+        out["references"] = cfg.references.count if out["calibration"] != "none" else 0
     if name != "nasr":
         out["targets"] = cfg.split.targets
     return out
