@@ -111,3 +111,14 @@ def test_user_factory_from_file(tmp_path):
     assert audited_layers(model) == ["1", "3"]
     with pytest.raises(LayerleakError, match="has no callable"):
         build(f"{tmp_path}/mymodel.py:nothing", 5)
+
+
+def test_cnn_is_the_seed_studys_cnn():
+    """On 32x32 RGB inputs the built-in ``cnn`` is the seed's CNN: conv 3->32 (3x3, padding 1), ReLU, max-pool 2,
+    conv 32->64 (3x3, padding 1), ReLU, max-pool 2, linear 4096->128, ReLU, linear 128->classes."""
+    model = build("cnn", 100)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert shapes == {"conv1.weight": (32, 3, 3, 3), "conv1.bias": (32,), "conv2.weight": (64, 32, 3, 3), "conv2.bias": (64,),
+                      "fc1.weight": (128, 4096), "fc1.bias": (128,), "fc2.weight": (100, 128), "fc2.bias": (100,)}
+    assert (model.conv1.padding, model.conv2.padding) == ((1, 1), (1, 1))
+    assert audited_layers(model, torch.zeros(2, 3, 32, 32)) == ["conv1", "conv2", "fc1", "fc2"]
