@@ -21,11 +21,16 @@ from .metrics import roc_curve
 from .schema import LOSS
 from .splits import Splits
 from .errors import LayerleakError
+from .attacks.threshold import best_threshold
 from .uncertainty import bootstrap_metrics, combine_targets, crossfit_attack, crossfit_coalitions
+from .uncertainty.crossfit import check_membership, margin, stratified_folds, training_rows
 from .uncertainty.pooled import pooled_metrics
 from .uncertainty.lowfpr import MIN_FALSE_POSITIVES
 
 EVALUATION = "k-fold cross-fitted (folds balanced by membership): each audited sample scored once, by the attack fitted on the other folds"
+RAW_EVALUATION = ("as the papers evaluate: AUC, TPR at low FPR and the ROC on each sample's raw score over the whole audited pool "
+                  "(LiRA's pooled variance over every audited sample; RMIA's population z = every other audited non-member); "
+                  "accuracy from a threshold cross-fitted over the folds (each sample's threshold read on other folds)")
 
 
 def _roc_points(y: np.ndarray, scores: np.ndarray, n: int = 200) -> dict[str, list[float]]:
@@ -42,6 +47,9 @@ def out_of_fold(name: str, features: Features, splits: Splits, columns: Sequence
     """(out-of-fold margins float64 [n], membership bool [n]) of the audited samples in splits order;
     a margin >= 0 predicts a member. ``make`` builds a fresh attack per fold (default: ``make_attack(name)``)."""
     data = AttackData.from_table(features.table, list(columns), splits.sample_ids)
+    if name in CALIBRATED:
+        margins, y, _raw, _z = calibrated_scores(name, data, folds, seed, make)
+        return margins, y
     if name == "logistic":
         cf = crossfit_coalitions(data.X, data.y, [np.arange(len(columns))], k=folds, seed=seed, C=C, transform=transform)
         return cf.scores[0].astype(np.float64), cf.y
@@ -51,14 +59,43 @@ def out_of_fold(name: str, features: Features, splits: Splits, columns: Sequence
     return cf.scores, cf.y
 
 
-def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int, seed: int) -> dict:
-    """Metrics with intervals, the ROC curve and the evaluation's sizes, from out-of-fold margins; the ROC
-    is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is."""
+def calibrated_scores(name: str, data: AttackData, folds: int, seed: int,
+                      make: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(margins [n], membership [n], raw scores [n], population size) of a calibrated attack (LiRA, RMIA).
+
+    They need no training: each sample's raw score is computed once over the whole audited pool, so it
+    does not depend on which samples share its fold (LiRA's pooled variance reads every audited sample's
+    references; RMIA's population z is every audited non-member but the sample itself). Only the threshold
+    that accuracy needs is cross-fitted: fold j's margin is its raw score minus the best threshold on the
+    folds that train fold j (crossfit.training_rows, as for every other attack).
+    """
+    y = check_membership(data.y)
+    attack = (make or (lambda: make_attack(name)))().fit(data)
+    raw = np.asarray(attack.score(data), dtype=np.float64)
+    fold_of = stratified_folds(y, folds, seed)
+    margins = np.empty(y.size)
+    for j in range(folds):
+        test = fold_of == j
+        train = training_rows(fold_of, j, folds)
+        margins[test] = margin(raw[test], best_threshold(y[train], raw[train])[0])
+    population = int((~y).sum()) - 1 if hasattr(attack, "lr_z_") else 0
+    return margins, y, raw, population
+
+
+def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int, seed: int,
+                  raw: np.ndarray | None = None) -> dict:
+    """Metrics with intervals, the ROC curve and the evaluation's sizes, from out-of-fold margins (with ``raw``,
+    a calibrated attack's raw scores, the threshold-free metrics and the ROC read those, which are stored);
+    the ROC is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is."""
     y = np.asarray(y, bool)
-    metrics = bootstrap_metrics(y, scores, replicates=bootstrap, seed=seed)
-    return {"n": int(y.size), "members": int(y.sum()), "non_members": int((~y).sum()), "folds": int(folds),
-            "evaluation": EVALUATION, "metrics": metrics, "roc": _roc_points(y, scores),
-            "roc_measurable_from": min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum())))}
+    metrics = bootstrap_metrics(y, scores, replicates=bootstrap, seed=seed, raw=raw)
+    record = {"n": int(y.size), "members": int(y.sum()), "non_members": int((~y).sum()), "folds": int(folds),
+              "evaluation": EVALUATION if raw is None else RAW_EVALUATION, "metrics": metrics,
+              "roc": _roc_points(y, scores if raw is None else raw),
+              "roc_measurable_from": min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum())))}
+    if raw is not None:
+        record["raw_scores"] = [float(v) for v in raw]
+    return record
 
 
 class NasrMaker:
@@ -78,7 +115,8 @@ def attack_scores(name: str, features: Features, splits: Splits, layers: Sequenc
                   kinds: Sequence[str] = ("grad",), C: float = 1.0, transform: str = "none", model: Any = None,
                   data: Any = None, nasr: dict | None = None, seed: int = 0, folds: int = 5,
                   options: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(out-of-fold scores [n], membership [n], what was attacked) of ``name`` cross-fitted over the audited pool.
+    """(out-of-fold margins [n], membership [n], raw scores [n] or None, what was attacked) of ``name`` cross-fitted
+    over the audited pool; raw scores for the calibrated attacks (calibrated_scores), None for the others.
 
     Feature attacks read the features table; ``nasr`` needs the target ``model`` and the image ``data``
     (it is cross-fitted too: one attack model trained per fold). Calibrated attacks (lira, rmia) read the
@@ -95,7 +133,12 @@ def attack_scores(name: str, features: Features, splits: Splits, layers: Sequenc
         make = NasrMaker(model, data, seed, nasr or {})
     else:
         make = (lambda: make_attack(name, **options)) if options else None
-    scores, y = out_of_fold(name, features, splits, columns, folds, seed, C, transform, make)
+    raw = None
+    if name in CALIBRATED:
+        data = AttackData.from_table(features.table, list(columns), splits.sample_ids)
+        scores, y, raw, population = calibrated_scores(name, data, folds, seed, make)
+    else:
+        scores, y = out_of_fold(name, features, splits, columns, folds, seed, C, transform, make)
     about = {
         "attack": name,
         "layers": layers if name in ("logistic", "nasr") else [],
@@ -103,8 +146,9 @@ def attack_scores(name: str, features: Features, splits: Splits, layers: Sequenc
         "columns": len(columns) if name != "nasr" else None,
         **({"references": len(reference_columns(columns)) // 2, "options": dict(options or {})} if name in CALIBRATED else {}),
         "transform": transform if name == "logistic" else None,
+        **({"population": population} if name in CALIBRATED and population else {}),
     }
-    return scores, y, about
+    return scores, y, raw, about
 
 
 def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[str] | None = None,
@@ -112,8 +156,8 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
                nasr: dict | None = None, seed: int = 0, folds: int = 5, bootstrap: int = 1000,
                options: dict | None = None) -> dict:
     """Cross-fit ``name`` over the audited pool (attack_scores), bootstrap its metrics; a JSON-ready dict."""
-    scores, y, about = attack_scores(name, features, splits, layers, kinds, C, transform, model, data, nasr, seed, folds, options)
-    return {**about, **attack_record(y, scores, folds, bootstrap, seed)}
+    scores, y, raw, about = attack_scores(name, features, splits, layers, kinds, C, transform, model, data, nasr, seed, folds, options)
+    return {**about, **attack_record(y, scores, folds, bootstrap, seed, raw)}
 
 
 def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Features]], layers: Sequence[str] | None = None,
@@ -131,10 +175,10 @@ def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Featu
         raise LayerleakError("run_attack_targets: no targets given")
     per_target, scores, base, member = [], [], [], []
     for t, (features, splits, base_features) in enumerate(inputs):
-        s, y, about = attack_scores(name, features, splits, layers, kinds, C, transform, seed=seed, folds=folds, options=options)
-        record = {**about, **attack_record(y, s, folds, bootstrap, seed)}
+        s, y, raw, about = attack_scores(name, features, splits, layers, kinds, C, transform, seed=seed, folds=folds, options=options)
+        record = {**about, **attack_record(y, s, folds, bootstrap, seed, raw)}
         per_target.append(record)
-        scores.append(s)
+        scores.append(s if raw is None else raw)  # pooled metrics are threshold-free: a calibrated attack's raw scores
         member.append(y)
         if baseline != name:
             base.append(out_of_fold(baseline, base_features, splits, [LOSS], folds, seed)[0])

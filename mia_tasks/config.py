@@ -360,7 +360,10 @@ STAGE_SECTIONS = {
 }
 # Versions of the code's output formats that change a stage's results as a setting would.
 # sweep_fit 2: the baseline's score (sweep.baseline) is unpenalised in every coalition's attack
-CODE_VERSIONS = {"feature_schema": SCHEMA_VERSION, "sweep_fit": 2}
+# sweep_fit 3: a calibrated baseline (lira, rmia) scores every sample over the whole audited pool (attack_runs.calibrated_scores)
+CODE_VERSIONS = {"feature_schema": SCHEMA_VERSION, "sweep_fit": 3}
+# calibrated attacks' results: 2 = raw scores over the whole pool, threshold-free metrics on them (1: per-fold margins)
+CALIBRATED_SCORING = 2
 RESULT_FREE = {"dataset.root", "dataset.download", "train.device", "features.device", "features.batch_size",
                "features.budget_mb", "sweep.device", "sweep.chunk_size", "model.trust_checkpoint", "split.targets"}
 
@@ -413,6 +416,8 @@ def attack_settings(cfg: Config, name: str, calibration: str | None = None) -> d
         out["references"] = cfg.references.count if out["calibration"] != "none" else 0
     if name != "nasr":
         out["targets"] = cfg.split.targets
+    if "references" in ATTACK_SETTINGS[name]:
+        out["scoring"] = CALIBRATED_SCORING
     return out
 
 

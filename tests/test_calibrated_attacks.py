@@ -222,6 +222,47 @@ def test_calibrated_attacks_beat_the_loss_threshold_when_difficulty_varies():
         make_attack("lira").fit(AttackData.from_table(tables[0], ["loss"]))
 
 
+@pytest.mark.parametrize("name", ["lira", "lira-offline", "rmia"])
+def test_calibrated_metrics_are_the_plain_ones_of_the_stored_raw_scores(name):
+    """A calibrated attack is evaluated as its paper does: each sample's raw score computed once over the whole pool
+    (LiRA's pooled variance over every sample, RMIA's z = every other non-member), not per fold; AUC, TPR at low FPR
+    and the ROC from those raw scores (sklearn's roc_curve), accuracy from cross-fitted thresholds."""
+    from sklearn.metrics import roc_auc_score, roc_curve as sk_roc_curve
+
+    from mia_tasks.attack_runs import attack_record, calibrated_scores
+
+    tables, members = _population(n=400, k=16, seed=3)
+    joined = join_references(tables[0], dict(enumerate(tables[1:], 1)), members)
+    data = AttackData.from_table(joined, ["loss", *reference_columns(joined.column_names)])
+    margins, y, raw, population = calibrated_scores(name, data, folds=5, seed=0)
+    ref_loss = np.stack([joined.column(ref_column(m, "loss")).to_numpy() for m in members])
+    inside = np.stack([joined.column(ref_column(m, "in")).to_numpy() for m in members]).astype(bool)
+    loss = joined.column("loss").to_numpy()
+    assert (inside.sum(0) >= 2).all() and ((~inside).sum(0) >= 2).all()  # the plain loop's own per-sample spreads exist
+    if name.startswith("lira"):
+        plain = _plain_lira(confidence_from_loss(loss), confidence_from_loss(ref_loss), inside,
+                            "offline" if name == "lira-offline" else "online", "global")
+        assert population == 0
+    else:
+        plain = _plain_rmia(np.exp(-loss), np.exp(-ref_loss), inside, 0.3, 1.0, "online", np.flatnonzero(~y))
+        assert population == int((~y).sum()) - 1
+    np.testing.assert_allclose(raw, plain, rtol=1e-9, atol=1e-9)
+    record = attack_record(y, margins, 5, 200, 0, raw)
+    stored = np.array(record["raw_scores"])
+    np.testing.assert_array_equal(stored, raw)
+    assert record["metrics"]["auc"]["value"] == pytest.approx(roc_auc_score(y, stored), abs=1e-12)
+    fpr, tpr, _ = sk_roc_curve(y, stored, drop_intermediate=False)
+    sk_points = set(zip(np.round(fpr, 12), np.round(tpr, 12)))
+    ours = list(zip(np.round(record["roc"]["fpr"], 12), np.round(record["roc"]["tpr"], 12)))
+    assert len(ours) > 50 and all(p in sk_points for p in ours)  # the stored ROC: points of sklearn's curve of the raw scores
+    # accuracy reads the cross-fitted thresholds: margins >= 0 predict a member
+    assert record["metrics"]["accuracy"]["value"] == pytest.approx(float(((margins >= 0) == y).mean()), abs=1e-12)
+    # a sample's raw score does not depend on the samples that share its fold
+    sub = AttackData.from_table(joined.slice(0, 200), data.columns)
+    if name.startswith("lira"):
+        assert not np.allclose(make_attack(name).fit(sub).score(sub), raw[:200])  # scoring a subset pools less
+
+
 def test_calibrate_table_replaces_columns_in_place():
     tables, members = _population(n=60, k=16)
     joined = join_references(tables[0], dict(enumerate(tables[1:], 1)), members, columns=["loss", "grad.fc.l2"])

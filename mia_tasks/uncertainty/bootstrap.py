@@ -115,12 +115,14 @@ def weighted_auc(y: np.ndarray, scores: np.ndarray, W: np.ndarray) -> np.ndarray
 
 
 def bootstrap_metrics(y: np.ndarray, scores: np.ndarray, replicates: int = 1000, seed: int = 0,
-                      weights: np.ndarray | None = None, fprs: dict[str, float] = LOW_FPRS) -> dict[str, dict]:
+                      weights: np.ndarray | None = None, fprs: dict[str, float] = LOW_FPRS,
+                      raw: np.ndarray | None = None) -> dict[str, dict]:
     """Accuracy, balanced accuracy, FAR (margin >= 0 predicts a member), AUC with bootstrap intervals;
     TPR at each FPR in ``fprs`` with an exact binomial interval where measurable (see lowfpr).
 
     ``weights`` (from :func:`stratified_weights`) overrides ``replicates``/``seed`` so several
-    attacks on the same samples share replicates (paired comparisons).
+    attacks on the same samples share replicates (paired comparisons). ``raw``: the threshold-free
+    metrics (AUC, TPR at FPR) read these scores instead of the margins (a calibrated attack's raw scores).
     """
     y = check_membership(y)
     s = np.asarray(scores, dtype=np.float64).ravel()
@@ -138,6 +140,10 @@ def bootstrap_metrics(y: np.ndarray, scores: np.ndarray, replicates: int = 1000,
     fp = (pred & ~y).astype(np.float64)
     far_reps = (W[:, ~y].astype(np.float64) @ fp[~y]) / W[:, ~y].sum(axis=1)
     out["far"] = entry(fp[~y].mean(), percentile_interval(far_reps), int((~y).sum()), how)
+    if raw is not None:
+        s = np.asarray(raw, dtype=np.float64).ravel()
+        if s.size != y.size or np.isnan(s).any():
+            raise LayerleakError(f"bootstrap: {s.size} raw scores (NaN not allowed) for {y.size} samples")
     auc_point = float(weighted_auc(y, s, np.ones((1, y.size)))[0])
     out["auc"] = entry(auc_point, percentile_interval(weighted_auc(y, s, W)), y.size, how)
     for key, f in fprs.items():
