@@ -56,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--layers", help="layer-dp: comma-separated layers to protect (default: the top player by Shapley value)")
             sp.add_argument("--epsilon", help="dp-sgd: the target ε (default: defence.epsilon)")
         if name == "paper":
-            sp.add_argument("--experiment", default="all", choices=("groups-grad", "groups-out", "single-layer", "shapley", "all"))
+            sp.add_argument("--experiment", default="all", choices=("groups-grad", "groups-out", "single-layer", "shapley", "seed-shapley", "all"),
+                            help="seed-shapley: the sweep's players under the seed's own protocol (not in 'all')")
             sp.add_argument("--attack", default="logistic", choices=("logistic", "nasr"))
     c = sub.add_parser("config", help="print the resolved config: every key, its value and what it accepts",
                        description="Print the resolved config (preset + --set overrides) as YAML, each key commented with what it accepts.")

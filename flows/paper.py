@@ -14,6 +14,7 @@ the three seed architectures as three configs into three OUT folders (see README
 
 from __future__ import annotations
 
+import numpy as np
 import ray
 from threadpoolctl import threadpool_limits
 
@@ -23,7 +24,7 @@ from mia_tasks.experiments import (EXPERIMENTS, Selection, experiment_key, exper
                                    nasr_options, nasr_too_big, run_experiment, selections, summary)
 from mia_tasks.featurestore import Features
 from mia_tasks.report.render import interval_text
-from mia_tasks.rundir import SHAPLEY, RunDir, experiment_result, is_current
+from mia_tasks.rundir import SHAPLEY, RunDir, experiment_result, is_current, stamp
 from mia_tasks.splits import Splits
 from mia_tasks.sweeptable import shapley_text
 
@@ -119,6 +120,36 @@ def shapley_experiment(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, fe
     return report
 
 
+def seed_shapley_experiment(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
+    """The sweep's players under the seed's own protocol (mia_tasks.seed_protocol), beside layerleak's shapley.json."""
+    from mia_tasks.attack_data import membership
+    from mia_tasks.players import make_players, player_columns
+    from mia_tasks.seed_protocol import SeedProtocol, seed_record
+
+    path = experiment_result("seed-shapley", "logistic")
+    sets = experiment_settings(cfg, "seed-shapley", "logistic", features.layers)
+    record = reusable(rd, path, hashes, sets)
+    if record is not None:
+        print(f"[layerleak] paper: seed-shapley: reusing {rd.uri}/{path}")
+        return record
+    players = make_players(cfg.sweep.players, features.layers)
+    cols = player_columns(players, cfg.sweep.kinds, features.constant)
+    flat = [c for group in cols for c in group]
+    ids = splits.sample_ids
+    X, y = features.matrix(flat, ids), membership(splits, ids).astype(bool)
+    starts = np.cumsum([0, *map(len, cols)])
+    with threadpool_limits(1):
+        record = seed_record(X, y, players, [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])], SeedProtocol())
+    record.update({"experiment": "seed-shapley", "attack": "logistic", **stamp("experiment", {"features": hashes["features"]}, sets)})
+    rd.write_json(path, record)
+    print(f"seed-shapley (the seed's protocol: {record['seeds']} seeds, sizes {record['sizes']}, v(∅) = {record['empty']}):")
+    for p, e in record["auc"]["shapley"].items():
+        print(f"  {p:16s} AUROC {e['value']:+.4f} (seeds {e['seed_range'][0]:+.4f}..{e['seed_range'][1]:+.4f})   "
+              f"accuracy {record['accuracy']['shapley'][p]['value']:+.4f}")
+    print(f"[layerleak] paper: saved {rd.uri}/{path}")
+    return record
+
+
 def paper_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features, experiment: str = "all",
                attack: str = "logistic") -> dict[str, dict]:
     """Run the chosen experiment(s) (``all``: the four) with ``attack``; {name: record}."""
@@ -127,7 +158,9 @@ def paper_flow(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: 
         raise LayerleakError(f"paper --attack {attack!r}: choose logistic or nasr")
     out = {}
     for name in names:
-        if name == "shapley":
+        if name == "seed-shapley":
+            out[name] = seed_shapley_experiment(cfg, rd, hashes, splits, features)
+        elif name == "shapley":
             if attack != "logistic":
                 print("[layerleak] paper: shapley: the sweep fits the logistic attack on every coalition (2^L fits); "
                       "there is no nasr version, skipping it")

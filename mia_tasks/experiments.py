@@ -119,6 +119,8 @@ def nasr_too_big(sel: Selection, params: dict[str, int]) -> str | None:
 def experiment_settings(cfg: Any, name: str, attack: str, layers: Sequence[str]) -> dict:
     """Everything besides the features that changes an experiment's numbers: a saved one is reused or
     reported only when these match (rundir.is_current)."""
+    if name == "seed-shapley":  # the seed's own protocol (mia_tasks.seed_protocol) on the sweep's players
+        return {"seed": cfg.seed, "players": cfg.sweep.players, "kinds": list(cfg.sweep.kinds), "protocol": "seed-1"}
     plain = {k: v for k, v in attack_settings(cfg, "logistic").items() if k not in ("references", "targets")}
     s = {**plain, "layers": list(layers)}  # experiments audit target 0 with plain features
     if name == "single-layer":

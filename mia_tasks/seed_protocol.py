@@ -117,3 +117,31 @@ def seed_sweep(X: np.ndarray, y: np.ndarray, player_columns: Sequence[Sequence[i
         out[metric] = {"values": values, "per_seed": per_seed[k], "shapley": exact_shapley(values),
                        "shapley_per_seed": np.stack([exact_shapley(v) for v in per_seed[k]])}
     return out
+
+
+def pool_scale(y: np.ndarray, protocol: SeedProtocol) -> float:
+    """The largest scale (at most 1) at which the protocol's draws fit the audited pool's members and non-members."""
+    y = np.asarray(y, bool)
+    tm, tn, em, en = protocol.sizes()
+    return min(1.0, y.sum() / (tm + em), (~y).sum() / (tn + en))
+
+
+def seed_record(X: np.ndarray, y: np.ndarray, players: dict[str, list[str]], player_cols: Sequence[Sequence[int]],
+                protocol: SeedProtocol = SeedProtocol()) -> dict:
+    """The seed protocol's sweep as a JSON-ready record: per player its Shapley value over AUROC and over
+    accuracy (mean over seeds, with the seeds' 2.5-97.5 percentiles: the split's variation, not a confidence
+    interval), and v(all), at the largest scale of the seed's sizes that the audited pool allows."""
+    scale = pool_scale(y, protocol)
+    res = seed_sweep(X, y, player_cols, protocol, scale)
+    out = {"protocol": "seed (Nasr et al.'s published code): imbalanced attack-train, min-max scaling, saga logistic regression, "
+                       "best threshold read on the evaluation set itself",
+           "sizes": dict(zip(("train_members", "train_nonmembers", "eval_members", "eval_nonmembers"), res["sizes"])),
+           "scale": scale, "seeds": res["seeds"], "empty": res["empty"], "players": list(players)}
+    for metric in ("auc", "accuracy"):
+        m = res[metric]
+        spread = np.percentile(m["shapley_per_seed"], [2.5, 97.5], axis=0)
+        out[metric] = {"v_all": float(m["values"][-1]),
+                       "v_all_seed_range": [float(v) for v in np.percentile(m["per_seed"][:, -1], [2.5, 97.5])],
+                       "shapley": {p: {"value": float(m["shapley"][i]), "seed_range": [float(spread[0, i]), float(spread[1, i])]}
+                                   for i, p in enumerate(players)}}
+    return out

@@ -155,3 +155,38 @@ def test_paper_nasr_groups_out(tiny_run, tmp_path):
     proc = run_cli("report", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["experiments"]["groups-out-nasr"] == rec
+
+
+def test_seed_shapley_is_the_seed_protocol_on_the_sweeps_players_and_the_report_shows_it(paper_run, capsys):
+    """``paper --experiment seed-shapley``: the seed's protocol (mia_tasks.seed_protocol) on OUT's features, equal to a
+    direct seed_sweep; reused on a rerun; the report shows it beside layerleak's own Shapley values."""
+    import numpy as np
+
+    from flows import presets
+    from flows.paper import paper_flow
+    from mia_tasks.config import stage_hashes
+    from mia_tasks.seed_protocol import SeedProtocol, pool_scale, seed_sweep
+
+    out = paper_run[0]
+    features, splits = _load(out)
+    rd = RunDir(str(out))
+    cfg = presets.load(None, TINY + [f"output.dir={out}"])
+    rec = paper_flow(cfg, rd, stage_hashes(cfg), splits, features, "seed-shapley")["seed-shapley"]
+    assert "seed-shapley (the seed's protocol: 20 seeds" in capsys.readouterr().out
+    cols = [[c for c in features.table.column_names if c.startswith(f"grad.{layer}.") and c not in features.constant]
+            for layer in LAYERS]
+    X = np.column_stack([features.matrix(group, splits.sample_ids) for group in cols])
+    y = splits.member
+    starts = np.cumsum([0, *map(len, cols)])
+    direct = seed_sweep(X, y, [list(range(a, b)) for a, b in zip(starts[:-1], starts[1:])], SeedProtocol(), pool_scale(y, SeedProtocol()))
+    assert rec["sizes"] == dict(zip(("train_members", "train_nonmembers", "eval_members", "eval_nonmembers"), direct["sizes"]))
+    for metric in ("auc", "accuracy"):
+        assert [rec[metric]["shapley"][p]["value"] for p in LAYERS] == pytest.approx(direct[metric]["shapley"].tolist(), abs=1e-12)
+        assert sum(e["value"] for e in rec[metric]["shapley"].values()) == pytest.approx(rec[metric]["v_all"], abs=1e-9)  # v(∅) = 0
+    paper_flow(cfg, rd, stage_hashes(cfg), splits, features, "seed-shapley")
+    assert "seed-shapley: reusing" in capsys.readouterr().out
+    report = run_cli("report", *tiny_args(out))
+    assert report.returncode == 0, report.stderr[-2000:]
+    md = (out / "report.md").read_text()
+    assert "Shapley values under the seed's protocol" in md and "20 seeds, v(∅) = 0" in md
+    assert "seed-shapley-logistic" in json.loads((out / "report.json").read_text())["experiments"]

@@ -96,6 +96,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
         b.append(("p", "Each row's attack is cross-fitted over the audited samples; a logistic row's accuracy is the v(S) of "
                        "its feature set. Each cell: value [95% interval]."))
         for key, rec in exps.items():
+            if rec["experiment"] == "seed-shapley":
+                b += _seed_protocol_blocks(rec)
+                continue
             b.append(("h", 3, f"{rec['experiment']} ({rec['attack']})"))
             b.append(("p", rec["description"] + "." + (NASR_NOTE if rec["attack"] == "nasr" else "")))
             b.append(("table", ["selection", "gradient layers", "output layers", *HEADLINE_METRICS[:3]],
@@ -112,6 +115,20 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
         b.append(("h", 2, "Left out"))
         b.append(("ul", [f"{x} (made by another config)" for x in report["ignored"]]))
     return b
+
+
+def _seed_protocol_blocks(rec: dict) -> list[tuple]:
+    """The sweep's players under the seed's own protocol (experiments/seed-shapley-logistic.json)."""
+    sizes = rec["sizes"]
+    text = (f"The seed's own evaluation ({rec['protocol']}): attack-train {sizes['train_members']} members + "
+            f"{sizes['train_nonmembers']} non-members, evaluation {sizes['eval_members']} + {sizes['eval_nonmembers']}, "
+            f"{rec['seeds']} seeds, v(∅) = {rec['empty']:g}. Ranges are the 2.5-97.5 percentiles over seeds (the split's "
+            "variation, not a confidence interval); docs/seed-protocol.md says how it differs from this report's protocol. "
+            f"v(all): AUROC {rec['auc']['v_all']:.3f}, accuracy {rec['accuracy']['v_all']:.3f}.")
+    rows = [[p, f"{e['value']:+.4f} [{e['seed_range'][0]:+.4f}, {e['seed_range'][1]:+.4f}]",
+             f"{rec['accuracy']['shapley'][p]['value']:+.4f}"] for p, e in rec["auc"]["shapley"].items()]
+    return [("h", 3, "Shapley values under the seed's protocol"), ("p", text),
+            ("table", ["player", "Shapley over AUROC [seed range]", "Shapley over best-threshold accuracy"], rows)]
 
 
 def _differences_blocks(block: dict) -> list[tuple]:
