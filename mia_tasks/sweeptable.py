@@ -22,7 +22,7 @@ from .featurestore import Features
 from .rundir import HASH_KEY, SWEEP, RunDir, is_current, stamp
 from .shapley import EMPTY_VALUE, sampled_shapley
 from .uncertainty import (bootstrap_metrics, bootstrap_sweep, stratified_weights, unpack_correct, verdicts)
-from .uncertainty.bootstrap import SweepBootstrap, entry, linear_metric, percentile_interval, resampling
+from .uncertainty.bootstrap import SweepBootstrap, entry, linear_metric, paired_difference, percentile_interval, resampling
 
 SWEEP_METRICS = ("accuracy", "balanced_accuracy", "auc")  # the point values a sweep row stores per coalition
 SWEEP_COLUMNS = ("target", "coalition", *SWEEP_METRICS, "correct", "scores")
@@ -148,6 +148,7 @@ def target_block(rows: dict[int, dict], y: np.ndarray, players: dict[str, list[s
     v_ci = percentile_interval(v_reps)
     all_layers = bootstrap_metrics(y, stored_scores(rows, full), weights=W)
     baseline = bootstrap_metrics(y, baseline_scores, weights=W)
+    beyond = paired_difference(y, stored_scores(rows, full), baseline_scores, W, how)
     params = [int(sum(features.params[l] for l in players[n])) for n in names]
     depth = [float(np.mean([features.depths[l] for l in players[n]])) for n in names]
     v = verdicts(sb, names, all_layers["auc"], baseline["auc"], params, depth, seed=seed)
@@ -164,6 +165,7 @@ def target_block(rows: dict[int, dict], y: np.ndarray, players: dict[str, list[s
         "v_all": entry(v_point[full_at], v_ci[:, full_at], y.size, how),
         "all_layers": all_layers,
         "baseline": {"attack": baseline_attack, **baseline},
+        "beyond_baseline": beyond,  # all-layer attack minus the baseline attack, paired over the same replicates
         "v_empty": entry(sb.values[0], percentile_interval(sb.replicates[:, :1])[:, 0], y.size, how),
         "players": out_players,
         "differences": differences,

@@ -209,3 +209,50 @@ def test_report_says_calibration_assumes_a_similarly_trained_pretrained_target(c
     assert ("Calibrated attacks (LiRA, RMIA, calibrated features) assume the target was trained similarly" in md) == says
     if says:
         assert "its 16 reference models were trained here with this config's recipe (40 epochs, batch 32, lr 0.05" in md
+
+
+def test_paired_difference_is_a_plain_loop_over_the_same_replicates():
+    """The report's 'beyond the baseline' figure: attack a minus attack b, per replicate, with sklearn's weighted AUC."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from mia_tasks.uncertainty.bootstrap import paired_difference, percentile_interval, resampling, stratified_weights
+
+    rng = np.random.default_rng(4)
+    y = np.r_[np.ones(40, bool), np.zeros(40, bool)]
+    a, b = rng.normal(size=80) + 0.8 * y, rng.normal(size=80) + 0.3 * y
+    W = stratified_weights(y, 60, seed=2)
+    got = paired_difference(y, a, b, W, resampling(y, 60, 2))
+    acc = [np.average((a >= 0) == y, weights=w) - np.average((b >= 0) == y, weights=w) for w in W]
+    auc = [roc_auc_score(y, a, sample_weight=w) - roc_auc_score(y, b, sample_weight=w) for w in W]
+    assert got["accuracy"]["value"] == pytest.approx(np.mean((a >= 0) == y) - np.mean((b >= 0) == y), abs=1e-12)
+    assert got["auc"]["value"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b), abs=1e-12)
+    np.testing.assert_allclose(got["accuracy"]["ci95"], percentile_interval(np.array(acc)), atol=1e-9)
+    np.testing.assert_allclose(got["auc"]["ci95"], percentile_interval(np.array(auc)), atol=1e-9)
+    assert got["auc"]["resampling"]["paired"] and got["auc"]["resampling"]["seed"] == 2
+
+
+def _block(detected: bool, significant: dict[tuple[str, str], float], values: dict[str, float]) -> dict:
+    e = lambda v: {"value": v, "ci95": [v - 0.01, v + 0.01], "n": 100}  # noqa: E731
+    diffs = [{"a": a, "b": b, "difference": e(values[a] - values[b]), "significant": frozenset((a, b)) in {frozenset(k) for k in significant}}
+             for i, a in enumerate(values) for b in list(values)[i + 1:]]
+    return {"leakage_detected": detected, "verdicts": {"attack_auc": e(0.7 if detected else 0.51)},
+            "all_layers": {"auc": e(0.7)}, "baseline": {"attack": "loss-threshold"},
+            "players": [{"player": p, "shapley": e(v)} for p, v in values.items()], "differences": diffs,
+            "beyond_baseline": {"accuracy": e(0.05), "auc": {"value": 0.01, "ci95": [-0.02, 0.04], "n": 100}}}
+
+
+def test_the_plain_answer_says_no_leakage_cannot_rank_or_which_layer_leaks_most():
+    from mia_tasks.report.answer import plain_answer
+
+    values = {"conv1": 0.01, "fc1": 0.02, "fc2": 0.08}
+    none = plain_answer(_block(False, {}, values))
+    assert len(none) == 1 and none[0].startswith("No measurable leakage") and "(n = 100)" in none[0]
+    tied = plain_answer(_block(True, {}, values))
+    assert tied[0].startswith("Leakage detected") and tied[1].startswith("The audit cannot rank the layers")
+    assert "the gradients add leakage: accuracy +0.050 [+0.040, +0.060]" in tied[2]
+    top = plain_answer(_block(True, {("fc2", "conv1"): 1, ("fc2", "fc1"): 1}, values))
+    assert top[1].startswith("fc2 leaks most")
+    part = plain_answer(_block(True, {("fc2", "conv1"): 1}, values))
+    assert "significantly above conv1 but not distinguishable from fc1" in part[1]
+    assert plain_answer(_block(True, {}, values), "membership looks wrong") == ["membership looks wrong"]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .answer import plain_answer
 from .stats import CLAIM, conclusion, headline, verdict_list
 
 
@@ -47,6 +48,7 @@ def build_report(config: dict, hashes: dict, target: dict | None, layers: list[d
     return _clean({
         "claim_tested": CLAIM,
         "leakage_detected": None if first is None else bool(shapley["leakage_detected"]),
+        "answer": plain_answer(first),
         "verdicts": verdict_list(first),
         "targets": [{k: v for k, v in t.items() if k != "values"} for t in targets],  # every v(S): under "shapley"
         "between_targets": (shapley or {}).get("between_targets"),  # several targets: means with t-intervals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 
 import numpy as np
 
@@ -27,6 +28,11 @@ def _ci(m: dict | None) -> tuple[float | None, float | None, float | None]:
     return m["value"], lo, hi
 
 
+def _count(n: int) -> str:
+    """A parameter count in at most four characters: 320, 18.5k, 2.4M."""
+    return f"{n}" if n < 1000 else f"{n / 1e3:.3g}k" if n < 1e6 else f"{n / 1e6:.3g}M"
+
+
 def _bars(ax, labels: list[str], series: dict[str, list[tuple]], ylabel: str, chance: float | None = None) -> None:
     """Grouped bars with asymmetric 95%-interval error bars; ``series`` maps a name to (value, lo, hi) per label."""
     width = 0.8 / max(1, len(series))
@@ -40,7 +46,10 @@ def _bars(ax, labels: list[str], series: dict[str, list[tuple]], ylabel: str, ch
     if chance is not None:
         ax.axhline(chance, color="grey", lw=0.8, ls="--", label="chance")
         ax.set_ylim(bottom=min([chance - 0.05, *[v - 0.03 for v in lows]]))  # accuracies: start near chance
-    ax.set_xticks(x, labels, rotation=30 if max(map(len, labels), default=0) > 6 else 0, ha="right" if max(map(len, labels), default=0) > 6 else "center")
+    longest = max((len(line) for label in labels for line in label.split("\n")), default=0)
+    per_tick = ax.figure.get_size_inches()[0] * 0.75 / max(1, len(labels))  # inches of axis per label
+    crowded = longest > 0.8 * 15 * per_tick  # about 15 characters an inch at 8 pt, a fifth kept free between labels
+    ax.set_xticks(x, labels, rotation=30 if crowded else 0, ha="right" if crowded else "center", fontsize=8)
     ax.set_ylabel(ylabel)
     if len(series) > 1 or chance is not None:
         ax.set_ylim(top=max(highs, default=1.0) + 0.04 * max(1.0, len(series) / 2))  # room for the legend
@@ -65,7 +74,9 @@ def _roc_plot(curves: dict[str, tuple[dict, dict | None]], non_members: int, mea
         ax.step(f[ok], t[ok], where="post", color=color, lw=1.6, label=label)
     ax.plot([lo, 1], [lo, 1], color="grey", ls="--", lw=0.8, label="chance")
     if notes:
-        ax.text(0.02, 0.98, "\n".join(notes), transform=ax.transAxes, va="top", fontsize=6.5, color="tab:red")
+        # under the axes: inside them the notes would lie on the curves
+        ax.text(0.0, -0.16, "\n".join(textwrap.fill(n, 80) for n in notes), transform=ax.transAxes, va="top",
+                fontsize=7, color="tab:red")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo / 1.5, 1.05)
@@ -88,16 +99,11 @@ def make_plots(report: dict) -> dict[str, bytes]:
     first = (report.get("targets") or [None])[0]
     if first and first.get("players"):
         ps = sorted(first["players"], key=lambda p: p["depth"])
-        fig, ax = plt.subplots(figsize=(max(5, 0.7 * len(ps) + 2), 3.6))
-        _bars(ax, [p["player"] for p in ps], {"Shapley": [_ci(p["shapley"]) for p in ps]}, "Shapley value (attack accuracy)")
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(ps) + 1.5), 3.6))
+        # parameter counts under each bar's name: labels in the plot area would overlap bars and error bars
+        _bars(ax, [f"{p['player']}\n{_count(p['params'])} params" for p in ps], {"Shapley": [_ci(p["shapley"]) for p in ps]},
+              "Shapley value (attack accuracy)")
         ax.axhline(0, color="black", lw=0.6)
-        ax2 = ax.twinx()
-        ax2.plot(np.arange(len(ps)), [p["params"] for p in ps], "o-", color="tab:red", lw=1, ms=4)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("parameters (log scale)", color="tab:red")
-        for i, p in enumerate(ps):
-            ax2.annotate(f"{p['params']:,}", (i, p["params"]), textcoords="offset points", xytext=(0, 5), ha="center",
-                         fontsize=7, color="tab:red")
         n = first["v_all"]["n"]
         what = "layer" if all(len(p["layers"]) == 1 for p in ps) else "player"
         if first["leakage_detected"]:
@@ -108,7 +114,7 @@ def make_plots(report: dict) -> dict[str, bytes]:
             title = f"No measurable leakage: no per-{what} claim (Shapley values with 95% intervals, n={n})"
             ax.text(0.5, 0.92, "no measurable leakage — no per-layer claim", transform=ax.transAxes, ha="center",
                     fontsize=9, color="tab:red")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, 70), fontsize=9)
         plots[PLOTS["shapley"]] = _png(fig)
     exps = report.get("experiments", {})
     singles = {k.split("-")[-1]: v for k, v in exps.items() if k.startswith("single-layer-")}

@@ -36,12 +36,13 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     """The document as blocks: ('h', level, text), ('p', text), ('ul', items), ('table', header, rows), ('img', path, alt)."""
     cfg, t = report["config"], report.get("target") or {}
     b: list[tuple] = [("h", 1, f"layerleak audit: {cfg['model']['arch']} on {cfg['dataset']['name']}")]
+    if report.get("answer"):
+        b.append(("h", 2, "Answer"))
+        b.append(("ul", report["answer"]))
     b.append(("p", f"Config hash `{report['config_hash']}`; features hash `{report['hashes'].get('features')}`. "
                    f"Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v) + "."))
     if t:
-        b.append(("p", f"Target: train accuracy {t.get('train_accuracy', float('nan')):.4f}, test accuracy "
-                       f"{t.get('test_accuracy', float('nan')):.4f} (overfit gap {t.get('overfit_gap')}; {t.get('members')} members, "
-                       f"{t.get('epochs')} epochs)."))
+        b.append(("p", target_text(t, trained_here=not cfg["model"].get("checkpoint"))))
     refs = (cfg.get("references") or {}).get("count", 0)
     if refs and cfg["model"].get("checkpoint"):
         tr = cfg.get("train", {})
@@ -80,9 +81,12 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     attacks = report.get("attacks", {})
     if attacks:
         b.append(("h", 2, "Attacks"))
-        b.append(("table", ["attack", "layers", "kinds", "n", *HEADLINE_METRICS],
+        # on a pool balanced by membership, balanced accuracy is accuracy: one column then
+        shown = [k for k in HEADLINE_METRICS if k != "balanced_accuracy"
+                 or any(fmt(metric(a, k)) != fmt(metric(a, "accuracy")) for a in attacks.values())]
+        b.append(("table", ["attack", "layers", "kinds", "n", *shown],
                   [[name, ", ".join(a.get("layers") or []) or "–", ", ".join(a.get("kinds") or []), str(a.get("n", "–")),
-                    *[fmt(metric(a, k)) for k in HEADLINE_METRICS]] for name, a in attacks.items()]))
+                    *[fmt(metric(a, k)) for k in shown]] for name, a in attacks.items()]))
         b.append(("p", "Each cell: value [95% interval]. " + _resampling_text(
             (metric(next(iter(attacks.values())), "accuracy") or {}).get("resampling"))))
         if PLOTS["roc"] in plots:
@@ -147,9 +151,24 @@ def _differences_blocks(block: dict) -> list[tuple]:
     return out
 
 
+def target_text(t: dict, trained_here: bool = True) -> str:
+    """The target's accuracies with their exact binomial intervals and n; the recipe only for a model trained here."""
+    def acc(key: str) -> str:
+        ci, n = t.get(f"{key}_ci95"), t.get(f"{key}_n")
+        value = t.get(key)
+        if value is None:
+            return "not measured"
+        return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}] (n={n})" if ci else "")
+    how = (f"{t.get('members')} members, {t.get('epochs')} epochs" if trained_here
+           else "a pretrained checkpoint: not trained here")
+    return (f"Target: train accuracy {acc('train_accuracy')}, test accuracy {acc('test_accuracy')} (exact binomial 95% "
+            f"intervals; overfit gap {t.get('overfit_gap')}; {how}).")
+
+
 def _headline_blocks(report: dict) -> list[tuple]:
     rows = report["headline"]
-    has_single = any(r["single"] for r in rows)
+    # the single-layer experiment's accuracy is the sweep's v({player}) (same folds, same replicates): shown once
+    has_single = any(r["single"] for r in rows) and any(r["single"] != r["alone"] for r in rows)
     header = (["player", "depth", "params", "Shapley [95% interval]", "excludes 0", "flagged (Holm)", "alone: v({player})"]
               + (["single-layer experiment"] if has_single else []))
     body = []
@@ -172,9 +191,10 @@ def _headline_blocks(report: dict) -> list[tuple]:
 
 
 def headline_text(report: dict) -> str:
-    """The verdicts and the headline table as plain text (printed at the end of ``layerleak run``)."""
+    """The answer, the verdicts and the headline table as plain text (printed at the end of ``layerleak run``)."""
     verdicts = [("ul", [f"{i}. {v['statement']}" for i, v in enumerate(report.get("verdicts", []), 1)])] if report.get("verdicts") else []
-    return _markdown(verdicts + _headline_blocks(report)
+    answer = [("p", "Answer: " + " ".join(report["answer"]))] if report.get("answer") else []
+    return _markdown(answer + verdicts + _headline_blocks(report)
                      + [("p", f"{report['conclusion']['verdict'].upper()}: {report['conclusion']['text']}")])
 
 

@@ -151,6 +151,22 @@ def bootstrap_metrics(y: np.ndarray, scores: np.ndarray, replicates: int = 1000,
     return out
 
 
+def paired_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, W: np.ndarray, how: dict) -> dict[str, dict]:
+    """Attack a minus attack b on the same audited samples (out-of-fold margins), accuracy and AUC, with
+    percentile intervals and two-sided p-values from the same bootstrap weights ``W`` (paired); ``how``
+    is W's resampling record."""
+    y = check_membership(y)
+    how = {**how, "paired": True}
+    ones = np.ones((1, y.size), W.dtype)
+    out = {}
+    for metric, fn in (("accuracy", lambda s, w: linear_metric(w, ((np.asarray(s) >= 0) == y)[None, :], y, "accuracy")[:, 0]),
+                       ("auc", lambda s, w: weighted_auc(y, s, w))):
+        reps = fn(a, W) - fn(b, W)
+        point = float(fn(a, ones)[0] - fn(b, ones)[0])
+        out[metric] = {**entry(point, percentile_interval(reps), y.size, how), "p_value": float(bootstrap_p_value(reps[:, None])[0])}
+    return out
+
+
 def shapley_weight_matrix(n_players: int) -> np.ndarray:
     """M [2^L, L] with phi = v @ M for a full value table v (index = coalition bitmask):
     M[S, i] = w(|S|-1) if i in S, else -w(|S|), w(s) = s!(L-s-1)!/L!."""
