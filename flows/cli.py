@@ -134,6 +134,16 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out_overrides(args: argparse.Namespace) -> list[str]:
+    """``--out`` as an output.dir override; an empty --out is refused (it used to fall back to the default folder)."""
+    if args.out is None:
+        return []
+    if not args.out.strip():
+        raise LayerleakError(f"--out {args.out!r} is an empty path: give the run folder, e.g. --out runs/mine (or leave --out out "
+                             "to use output.dir)")
+    return [f"output.dir={args.out}"]
+
+
 def _config(args: argparse.Namespace) -> int:
     """The resolved config as YAML, each key commented with what it accepts."""
     import dataclasses
@@ -142,7 +152,7 @@ def _config(args: argparse.Namespace) -> int:
 
     from .presets import load, resolve
 
-    overrides = [*args.set, *([f"output.dir={args.out}"] if args.out else [])]
+    overrides = [*args.set, *_out_overrides(args)]
     cfg = load(args.config, overrides)
     print(f"# resolved from {resolve(args.config)}" + (f" with --set {' '.join(overrides)}" if overrides else ""))
 
@@ -187,9 +197,7 @@ def _stage(args: argparse.Namespace) -> int:
 
     from .presets import load
 
-    overrides = list(args.set) + _defence_overrides(args)
-    if args.out:
-        overrides.append(f"output.dir={args.out}")
+    overrides = list(args.set) + _defence_overrides(args) + _out_overrides(args)
     cfg = load(args.config, overrides)
     from . import pipeline  # stages start Ray only when they have work to do
 

@@ -332,3 +332,40 @@ def test_garbage_checkpoint_with_trust_is_one_line_without_advice(ray_head, tmp_
     assert "trust_checkpoint" not in line
     assert not (out / "target" / "metrics.json").exists() and not (out / "target" / "model.pt").exists()
     assert not [f for f in out.rglob("*") if ".tmp" in f.name]  # nothing half-written
+
+
+# --- issue 20 item 8: bad input refused before any work, in one line, OUT untouched ------------------------
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_config_file_is_refused(tmp_path, text):
+    out, config = tmp_path / "run", tmp_path / "empty.yaml"
+    config.write_text(text)
+    _one_error_line(_main("config", "--config", str(config), "--out", str(out)), f"config file {config} is empty")
+    assert not out.exists()
+    config.write_text("seed: 0\n")  # the fix: a section
+    assert _main("config", "--config", str(config), "--out", str(out)).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["config", "train"])
+def test_empty_out_is_refused(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # the default output.dir (runs/default) would be made here
+    _one_error_line(_main(command, *tiny_args(Path("x"))[2:], "--out", ""), "--out '' is an empty path")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bootstrap_too_small_for_an_interval(tmp_path):
+    out = tmp_path / "run"
+    _one_error_line(_main("run", *tiny_args(out, "attack.bootstrap=1")),
+                    "config attack.bootstrap: 1 is not allowed; expected an integer in [100, inf]")
+    assert not out.exists()
+    assert _main("config", *tiny_args(out, "attack.bootstrap=100")).returncode == 0
+
+
+@pytest.mark.parametrize("arch", ["cnn", "user"])
+def test_unknown_model_option(tmp_path, arch):
+    if arch == "user":
+        arch = f"{tmp_path / 'mine.py'}:make"
+        _user_model(tmp_path / "mine.py", "def make(num_classes, in_channels, width=8):\n"
+                                          "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    proc = _main("models", arch, "--option", "widht=16")
+    _one_error_line(proc, f"model {arch!r} takes no option(s) ['widht']", "fix or remove the option")

@@ -69,9 +69,11 @@ def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> n
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     offered = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
     call = {k: v for k, v in offered.items() if takes_all or k in params}
-    unknown = set(kwargs) - set(call)
-    if unknown and arch in ARCHS:
-        raise LayerleakError(f"model {arch!r} takes no option(s) {sorted(unknown)}; it takes {sorted(set(params) - {'self'})}")
+    unknown = set(kwargs) - set(call) - {"input_size"}  # the data's shape is offered to every factory; options are asked for
+    if unknown:  # a built-in or a user's factory: an option it does not take is a typo, never dropped silently
+        takes = sorted(set(params) - {"self", "num_classes", "in_channels"})
+        raise LayerleakError(f"model {arch!r} takes no option(s) {sorted(unknown)} (model.options / --option); "
+                             f"it takes {takes or 'no options'}: fix or remove the option")
     try:
         model = factory(**call)
     except LayerleakError:
