@@ -232,4 +232,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, trusted: bool = False) -
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise _misfit(e, path) from None
+    bad = [k for k, v in model.state_dict().items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise LayerleakError(f"checkpoint {path} holds NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}); a diverged or damaged model cannot be audited: "
+                             f"give a checkpoint of finite weights")
     return model
