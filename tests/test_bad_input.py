@@ -452,3 +452,31 @@ def test_checkpoint_with_non_finite_weights(tmp_path, value):
     with pytest.raises(Exception) as e:
         load_checkpoint(build("cnn", data.num_classes, data.in_channels, input_size=data.input_size), str(tmp_path / "ck.pt"))
     assert f"checkpoint {tmp_path / 'ck.pt'} holds NaN or infinite values in 1 tensor(s) ({first})" in one_line(e.value)
+
+
+def test_full_disk_under_out(tiny_run, tmp_path, monkeypatch):
+    """ENOSPC while a stage writes (a patched fsync: no tmpfs small enough here): one line naming the disk, the
+    half-written file removed, what OUT held kept; the same command after space is freed finishes that write."""
+    import errno
+    import os
+
+    out = tmp_path / "run"
+    before = _whole_copy(tiny_run, out, (".layerleak", "config.yaml"))
+    fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if "splits" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", full)
+    _one_error_line(_main("train", *tiny_args(out)), f"no space left on the disk holding {out}", "splits.parquet",
+                    "free space there or choose another --out")
+    after = _snapshot(out)
+    assert {k: after.get(k) for k in before} == before and set(after) <= {*before, "target/members.parquet"}  # whole files only
+    _no_temporaries(out)
+    assert not (out / "splits.parquet").exists()
+    monkeypatch.setattr(os, "fsync", fsync)  # space freed: the write that failed now succeeds
+    from mia_tasks.rundir import RunDir
+
+    RunDir(str(out)).unowned().write_bytes("splits.parquet", b"whole")
+    assert (out / "splits.parquet").read_bytes() == b"whole"
