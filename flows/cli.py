@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import time
 
@@ -135,6 +137,16 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out_overrides(args: argparse.Namespace) -> list[str]:
+    """``--out`` as an output.dir override; an empty --out is refused (it used to fall back to the default folder)."""
+    if args.out is None:
+        return []
+    if not args.out.strip():
+        raise LayerleakError(f"--out {args.out!r} is an empty path: give the run folder, e.g. --out runs/mine (or leave --out out "
+                             "to use output.dir)")
+    return [f"output.dir={args.out}"]
+
+
 def _config(args: argparse.Namespace) -> int:
     """The resolved config as YAML, each key commented with what it accepts."""
     import dataclasses
@@ -143,7 +155,7 @@ def _config(args: argparse.Namespace) -> int:
 
     from .presets import load, resolve
 
-    overrides = [*args.set, *([f"output.dir={args.out}"] if args.out else [])]
+    overrides = [*args.set, *_out_overrides(args)]
     cfg = load(args.config, overrides)
     print(f"# resolved from {resolve(args.config)}" + (f" with --set {' '.join(overrides)}" if overrides else ""))
 
@@ -178,6 +190,40 @@ def _defence_overrides(args: argparse.Namespace) -> list[str]:
     return [f"defence.{k}={v}" for k, v in pairs if v is not None]
 
 
+BARE = {".layerleak", ".lock", "config.yaml"}  # what a run folder holds before its first stage writes anything
+
+
+def _filesystem_problem(e: OSError, out: str) -> str:
+    """An OSError met reading or writing OUT, as one line naming OUT and what to do."""
+    where = getattr(e, "filename", None) or out
+    if e.errno == errno.ENOSPC:
+        return (f"no space left on the disk holding {out} (writing {where}): free space there or choose another --out, "
+                f"then rerun the same command; finished parts are kept")
+    return f"cannot use OUT {out} ({where}: {e.strerror or one_line(e)}); check the path and its filesystem, or choose another --out"
+
+
+def _open_out(out: str, run_id: str | None = None):
+    """OUT as a RunDir; a filesystem that cannot be reached (an s3:// bucket without network) is one line."""
+    from mia_tasks.rundir import RunDir
+
+    try:
+        return RunDir(out, run_id=run_id)
+    except OSError as e:
+        raise LayerleakError(f"cannot open OUT {out}: {one_line(e)}; check the URI, the network and the credentials, "
+                             f"or choose a local --out") from None
+
+
+def _remove_if_bare(root: str) -> None:
+    """Remove a folder this command made, when it failed before any stage wrote into it (nothing left behind)."""
+    import shutil
+
+    try:
+        if os.path.isdir(root) and set(os.listdir(root)) <= BARE:
+            shutil.rmtree(root)
+    except OSError:
+        pass
+
+
 def _stage(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -188,9 +234,7 @@ def _stage(args: argparse.Namespace) -> int:
 
     from .presets import load
 
-    overrides = list(args.set) + _defence_overrides(args)
-    if args.out:
-        overrides.append(f"output.dir={args.out}")
+    overrides = list(args.set) + _defence_overrides(args) + _out_overrides(args)
     cfg = load(args.config, overrides)
     from . import pipeline  # stages start Ray only when they have work to do
 
@@ -199,22 +243,30 @@ def _stage(args: argparse.Namespace) -> int:
     # config (OUT is not refused), its stages are redone
     hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
     if args.command in pipeline.READERS:  # reads OUT while no run writes it (a shared lock); writes only its report
-        rd = RunDir(cfg.output.dir)
+        rd = _open_out(cfg.output.dir)
         with reading(rd, args.command):
             saved = None if args.config or args.set else rd.saved_config()
             if saved is not None:  # no --config/--set: report what OUT holds, made with the config it records
                 cfg, hashes = saved, stage_hashes(saved, dataset_fingerprint(saved.dataset))
             pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
     else:  # one writing run at a time: OUT is marked, and locked for the whole command
-        rd = RunDir(cfg.output.dir, run_id=new_run_id())
-        with writing(rd):
-            if args.command == "defend" and not (args.config or args.set):
-                saved = rd.saved_config()  # defend the audit OUT holds, with the config it was made with
-                if saved is not None:
-                    cfg = dataclasses.replace(saved, defence=cfg.defence)
-                    hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
-            rd.prepare(cfg)  # refuses outputs of another config; saves config.yaml
-            pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
+        rd = _open_out(cfg.output.dir, new_run_id())
+        new_out = rd.local and not os.path.lexists(rd.root)
+        try:
+            with writing(rd):
+                if args.command == "defend" and not (args.config or args.set):
+                    saved = rd.saved_config()  # defend the audit OUT holds, with the config it was made with
+                    if saved is not None:
+                        cfg = dataclasses.replace(saved, defence=cfg.defence)
+                        hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
+                rd.prepare(cfg)  # refuses outputs of another config; saves config.yaml
+                pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
+        except BaseException as e:
+            if new_out:
+                _remove_if_bare(rd.root)
+            if isinstance(e, OSError):
+                raise LayerleakError(_filesystem_problem(e, rd.uri)) from None
+            raise
     print(f"[layerleak] {args.command} done in {time.perf_counter() - start:.1f}s; outputs in {rd.uri}")
     return 0
 

@@ -79,6 +79,7 @@ def _arch(value: Any) -> str:
 
 ARCH = Rule(lambda: f"one of {', '.join(_archs())}, or a factory 'package.module:factory' or 'path/to/file.py:factory'", _arch)
 POSITIVE, POSITIVE_INT, PATH = number(0, lo_open=True), integer(1), text("a path")
+MIN_BOOTSTRAP = 100  # attack.bootstrap: the fewest replicates that give a 95% interval a few samples in each tail
 LAYERS = list_of(text("a layer name")).or_null()
 PLAYERS = either(choice(("layers", "groups")), mapping("a mapping {player: [layer, ...]}", list_of(text("a layer name")), nonempty=True))
 PLAYER_KINDS = list_of(choice(LAYER_KINDS))  # players bring per-layer features only
@@ -149,7 +150,9 @@ class AttackConfig:
     transform: str = field(default="signed-log", metadata=allow(choice(_transforms)))
     # cross-fitting: the audited pool in k folds balanced by membership; each sample scored by the attack fitted on the others
     folds: int = field(default=5, metadata=allow(integer(2, 127)))
-    bootstrap: int = field(default=1000, metadata=allow(POSITIVE_INT))  # replicates of the stratified bootstrap behind every interval
+    # replicates of the stratified bootstrap behind every interval: under 100, a 95% percentile interval rests on
+    # one or two replicates per tail (and one replicate gives no interval at all)
+    bootstrap: int = field(default=1000, metadata=allow(integer(MIN_BOOTSTRAP)))
     kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(list_of(choice(_kinds))))
     layers: list[str] | None = field(default=None, metadata=allow(LAYERS))
     nasr_layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # None = the last audited layer
@@ -295,7 +298,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise LayerleakError(f"config file {path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
     if tree is None:
-        tree = {}
+        raise LayerleakError(f"config file {path} is empty (or only comments): give a preset such as default.yaml, "
+                             f"or write at least one section, e.g. 'seed: 0'")
     if not isinstance(tree, dict):
         raise LayerleakError(f"config file {path}: the top level must be a mapping of sections "
                              f"({', '.join(f.name for f in dataclasses.fields(Config))}), got a {type(tree).__name__}")

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -110,7 +111,12 @@ def _cifar(name: str) -> Callable:
         if cfg.download and root is not None:
             import torchvision
 
-            getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+            try:
+                getattr(torchvision.datasets, tv_name)(str(root), train=True, download=True)
+            except (OSError, RuntimeError, EOFError, tarfile.TarError) as e:  # URLError is an OSError
+                raise LayerleakError(f"dataset {name}: downloading into {root} failed ({type(e).__name__}: {one_line(e)}); "
+                                     f"download it where the internet is reachable and point dataset.root at it with "
+                                     f"dataset.download=false") from None
         root = _require_root(name, cfg.root)
         base = root / folder if (root / folder).is_dir() else root
         missing = [f for f in train_files + test_files if not (base / f).is_file()]
@@ -178,15 +184,30 @@ class _ImageFile:
     read: Callable[[], bytes]
 
 
+def _damaged_archive(root: Path, e: BaseException) -> LayerleakError:
+    return LayerleakError(f"image archive {root} cannot be read ({type(e).__name__}: {one_line(e)}); it may be truncated "
+                          f"or damaged: download or pack it again (tar -tzf {root} checks it)")
+
+
 def _imagefolder_entries(root: Path) -> list[_ImageFile]:
     """Every image file under train/<class>/ and test/<class>/ of a folder or a .tar(.gz) archive, by class."""
     files = []
     if root.is_file() and tarfile.is_tarfile(root):
-        tar = tarfile.open(root)
-        for member in tar.getmembers():
+        try:
+            tar = tarfile.open(root)
+            members = tar.getmembers()  # reads the whole archive: a cut-short one fails here, not mid-decode
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise _damaged_archive(root, e) from None
+
+        def read(m: tarfile.TarInfo) -> bytes:
+            try:
+                return tar.extractfile(m).read()
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                raise _damaged_archive(root, e) from None
+        for member in members:
             parts = Path(member.name).parts
             if member.isfile() and member.name.lower().endswith(IMAGE_EXTS) and len(parts) >= 3 and parts[-3] in ("train", "test"):
-                files.append(_ImageFile(parts[-3], parts[-2], f"{root}:{member.name}", lambda m=member: tar.extractfile(m).read()))
+                files.append(_ImageFile(parts[-3], parts[-2], f"{root}:{member.name}", lambda m=member: read(m)))
     else:
         for split in ("train", "test"):
             for path in sorted((root / split).glob("*/*")):
@@ -241,6 +262,12 @@ def _imagefolder(cfg) -> tuple:
     if not splits["train"] or not splits["test"]:
         raise LayerleakError(f"imagefolder root {root} needs train/<class>/*.jpg and test/<class>/*.jpg (a folder or a .tar.gz of one)")
     classes = sorted({f.label for f in entries})
+    train_classes, test_classes = ({f.label for f in splits[s]} for s in ("train", "test"))
+    if train_classes != test_classes:
+        only = [f"{a}/ only: {', '.join(sorted(x - y))}" for a, x, y in (("train", train_classes, test_classes),
+                                                                       ("test", test_classes, train_classes)) if x - y]
+        raise LayerleakError(f"imagefolder root {root}: train/ and test/ have different classes ({'; '.join(only)}); "
+                             f"give both the same class folders (labels are the sorted folder names)")
     if len(classes) < 2:
         raise LayerleakError(f"imagefolder root {root} has one class ({classes[0]!r}); membership inference needs a classifier "
                              f"of at least 2 classes: one folder per class under train/ and test/")

@@ -10,6 +10,7 @@ mia_tasks.outlock).
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -224,6 +225,9 @@ class RunDir:
                 os.unlink(tmp)
             if isinstance(e, LayerleakError):
                 raise
+            if e.errno == errno.ENOSPC:
+                raise LayerleakError(f"no space left on the disk holding {self.uri} (writing {final}): free space there or "
+                                     f"choose another --out, then rerun the same command; finished parts are kept") from None
             raise LayerleakError(f"cannot write {final}: {e.strerror or e}; choose a writable --out") from None
 
     def nested(self, rel: str) -> RunDir:

@@ -332,3 +332,151 @@ def test_garbage_checkpoint_with_trust_is_one_line_without_advice(ray_head, tmp_
     assert "trust_checkpoint" not in line
     assert not (out / "target" / "metrics.json").exists() and not (out / "target" / "model.pt").exists()
     assert not [f for f in out.rglob("*") if ".tmp" in f.name]  # nothing half-written
+
+
+# --- issue 20 item 8: bad input refused before any work, in one line, OUT untouched ------------------------
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_config_file_is_refused(tmp_path, text):
+    out, config = tmp_path / "run", tmp_path / "empty.yaml"
+    config.write_text(text)
+    _one_error_line(_main("config", "--config", str(config), "--out", str(out)), f"config file {config} is empty")
+    assert not out.exists()
+    config.write_text("seed: 0\n")  # the fix: a section
+    assert _main("config", "--config", str(config), "--out", str(out)).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["config", "train"])
+def test_empty_out_is_refused(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # the default output.dir (runs/default) would be made here
+    _one_error_line(_main(command, *tiny_args(Path("x"))[2:], "--out", ""), "--out '' is an empty path")
+    assert not list(tmp_path.iterdir())
+
+
+def test_bootstrap_too_small_for_an_interval(tmp_path):
+    out = tmp_path / "run"
+    _one_error_line(_main("run", *tiny_args(out, "attack.bootstrap=1")),
+                    "config attack.bootstrap: 1 is not allowed; expected an integer in [100, inf]")
+    assert not out.exists()
+    assert _main("config", *tiny_args(out, "attack.bootstrap=100")).returncode == 0
+
+
+@pytest.mark.parametrize("arch", ["cnn", "user"])
+def test_unknown_model_option(tmp_path, arch):
+    if arch == "user":
+        arch = f"{tmp_path / 'mine.py'}:make"
+        _user_model(tmp_path / "mine.py", "def make(num_classes, in_channels, width=8):\n"
+                                          "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    proc = _main("models", arch, "--option", "widht=16")
+    _one_error_line(proc, f"model {arch!r} takes no option(s) ['widht']", "fix or remove the option")
+
+
+def test_unreachable_object_store_out(tmp_path):
+    out = "s3://layerleak-no-such-bucket-20/run"  # no network here: resolving the bucket fails at once
+    _one_error_line(_main("train", *tiny_args(Path(out))[2:], "--out", out), f"cannot open OUT {out}", "choose a local --out")
+
+
+def _images(root: Path, classes: dict[str, tuple[str, ...]]) -> Path:
+    from PIL import Image
+
+    for split, names in classes.items():
+        for cls in names:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def _small_images(root: Path, cache: Path, monkeypatch) -> list[str]:
+    monkeypatch.setenv("LAYERLEAK_CACHE", str(cache))
+    return ["dataset.name=imagefolder", f"dataset.root={root}", "split.members=4", "split.nonmembers=4"]
+
+
+def test_train_and_test_with_other_classes(tmp_path, monkeypatch):
+    folder = _images(tmp_path / "set", {"train": ("cat", "dog"), "test": ("cat", "fox")})
+    out, sets = tmp_path / "run", _small_images(tmp_path / "set", tmp_path / "cache", monkeypatch)
+    _one_error_line(_main("train", *tiny_args(out, *sets)), "train/ and test/ have different classes",
+                    "train/ only: dog", "test/ only: fox")
+    assert not out.exists()  # failed before the first stage: no folder left behind
+    (folder / "test" / "fox").rename(folder / "test" / "dog")  # the fix
+    from mia_tasks.config import DatasetConfig
+    from mia_tasks.data import load_dataset
+
+    assert load_dataset(DatasetConfig(name="imagefolder", root=str(folder))).num_classes == 2
+
+
+def test_truncated_image_archive(tmp_path, monkeypatch):
+    import tarfile
+
+    folder = _images(tmp_path / "set", {"train": ("cat", "dog"), "test": ("cat", "dog")})
+    archive = tmp_path / "set.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(folder / split, arcname=split)
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[: len(whole) * 2 // 3])
+    out, sets = tmp_path / "run", _small_images(archive, tmp_path / "cache", monkeypatch)
+    _one_error_line(_main("train", *tiny_args(out, *sets)), f"image archive {archive} cannot be read", "it may be truncated")
+    assert not out.exists()
+
+
+def test_download_without_network(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    out = tmp_path / "run"
+    _one_error_line(_main("train", "--out", str(out), "--set", "dataset.name=cifar10", "--set", f"dataset.root={tmp_path / 'c10'}",
+                          "--set", "dataset.download=true"),
+                    f"dataset cifar10: downloading into {tmp_path / 'c10'} failed (URLError", "dataset.download=false")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_checkpoint_with_non_finite_weights(tmp_path, value):
+    import torch
+
+    from mia_tasks.config import DatasetConfig
+    from mia_tasks.data import load_dataset
+    from mia_tasks.models import build, load_checkpoint
+
+    data = load_dataset(DatasetConfig(name="synthetic", synthetic_train=240, synthetic_test=80))
+    model = build("cnn", data.num_classes, data.in_channels, input_size=data.input_size)
+    state = model.state_dict()
+    first = next(k for k, v in state.items() if torch.is_floating_point(v))
+    state[first].view(-1)[0] = value
+    torch.save(state, tmp_path / "ck.pt")
+    with pytest.raises(Exception) as e:
+        load_checkpoint(build("cnn", data.num_classes, data.in_channels, input_size=data.input_size), str(tmp_path / "ck.pt"))
+    assert f"checkpoint {tmp_path / 'ck.pt'} holds NaN or infinite values in 1 tensor(s) ({first})" in one_line(e.value)
+
+
+def test_full_disk_under_out(tiny_run, tmp_path, monkeypatch):
+    """ENOSPC while a stage writes (a patched fsync: no tmpfs small enough here): one line naming the disk, the
+    half-written file removed, what OUT held kept; the same command after space is freed finishes that write."""
+    import errno
+    import os
+
+    out = tmp_path / "run"
+    before = _whole_copy(tiny_run, out, (".layerleak", "config.yaml"))
+    fsync = os.fsync
+
+    def full(fd: int) -> None:
+        if "splits" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", full)
+    _one_error_line(_main("train", *tiny_args(out)), f"no space left on the disk holding {out}", "splits.parquet",
+                    "free space there or choose another --out")
+    after = _snapshot(out)
+    assert {k: after.get(k) for k in before} == before and set(after) <= {*before, "target/members.parquet"}  # whole files only
+    _no_temporaries(out)
+    assert not (out / "splits.parquet").exists()
+    monkeypatch.setattr(os, "fsync", fsync)  # space freed: the write that failed now succeeds
+    from mia_tasks.rundir import RunDir
+
+    RunDir(str(out)).unowned().write_bytes("splits.parquet", b"whole")
+    assert (out / "splits.parquet").read_bytes() == b"whole"

@@ -39,7 +39,7 @@ def test_overrides_parse_yaml_values():
     ("attack.kinds=[weights]", "config attack.kinds: ['weights'] is not allowed; expected a non-empty list, each one of grad, out, loss"),
     ("sweep.method=guess", "config sweep.method: 'guess' is not allowed; expected one of exact, sampled"),
     ("attack.folds=1", "config attack.folds: 1 is not allowed; expected an integer in [2, 127]"),
-    ("attack.bootstrap=0", "config attack.bootstrap: 0 is not allowed; expected a positive integer"),
+    ("attack.bootstrap=0", "config attack.bootstrap: 0 is not allowed; expected an integer in [100, inf]"),
     ("split.repeats=2", "unknown config key 'split.repeats'"),
     ("seed=-1", "config seed: -1 is not allowed; expected a non-negative integer"),
     ("train.momentum=1.5", "config train.momentum: 1.5 is not allowed; expected a number in [0, 1)"),

@@ -69,9 +69,11 @@ def build(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> n
     takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
     offered = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
     call = {k: v for k, v in offered.items() if takes_all or k in params}
-    unknown = set(kwargs) - set(call)
-    if unknown and arch in ARCHS:
-        raise LayerleakError(f"model {arch!r} takes no option(s) {sorted(unknown)}; it takes {sorted(set(params) - {'self'})}")
+    unknown = set(kwargs) - set(call) - {"input_size"}  # the data's shape is offered to every factory; options are asked for
+    if unknown:  # a built-in or a user's factory: an option it does not take is a typo, never dropped silently
+        takes = sorted(set(params) - {"self", "num_classes", "in_channels"})
+        raise LayerleakError(f"model {arch!r} takes no option(s) {sorted(unknown)} (model.options / --option); "
+                             f"it takes {takes or 'no options'}: fix or remove the option")
     try:
         model = factory(**call)
     except LayerleakError:
@@ -230,4 +232,9 @@ def load_checkpoint(model: nn.Module, path: str | Path, trusted: bool = False) -
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise _misfit(e, path) from None
+    bad = [k for k, v in model.state_dict().items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if bad:
+        raise LayerleakError(f"checkpoint {path} holds NaN or infinite values in {len(bad)} tensor(s) ({', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}); a diverged or damaged model cannot be audited: "
+                             f"give a checkpoint of finite weights")
     return model
