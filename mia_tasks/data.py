@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import io
 import os
+import pickle
 import tarfile
 import zlib
 from collections import Counter
@@ -351,7 +352,11 @@ def load_dataset(cfg) -> ImageData:
     cache = _cache_path(cfg.name, fingerprint) if fingerprint else None  # decoded once per content
     arrays = _read_cache(cache) if cache is not None and cache.is_file() else None
     if arrays is None:
-        arrays = DATASETS[cfg.name](cfg)
+        try:
+            arrays = DATASETS[cfg.name](cfg)
+        except (OSError, EOFError, pickle.UnpicklingError, zlib.error, KeyError, ValueError) as e:  # damaged files of a dataset
+            raise LayerleakError(f"dataset {cfg.name} under {cfg.root}: a file cannot be read ({type(e).__name__}: {one_line(e)}); "
+                                 f"it may be truncated or damaged: download or copy the dataset again") from None
         if cache is not None:
             _write_cache(cache, arrays)
     train_x, train_y, test_x, test_y, classes = arrays

@@ -480,3 +480,16 @@ def test_full_disk_under_out(tiny_run, tmp_path, monkeypatch):
 
     RunDir(str(out)).unowned().write_bytes("splits.parquet", b"whole")
     assert (out / "splits.parquet").read_bytes() == b"whole"
+
+
+def test_damaged_cifar_batches(tmp_path):
+    from mia_tasks.data import CIFAR_LAYOUT
+
+    folder, train_files, test_files, _, _ = CIFAR_LAYOUT["cifar10"]
+    (tmp_path / "c10" / folder).mkdir(parents=True)
+    for f in train_files + test_files:
+        (tmp_path / "c10" / folder / f).write_bytes(b"\x80\x04\x95")  # a pickle cut short
+    out = tmp_path / "run"
+    _one_error_line(_main("train", "--out", str(out), "--set", "dataset.name=cifar10", "--set", f"dataset.root={tmp_path / 'c10'}"),
+                    f"dataset cifar10 under {tmp_path / 'c10'}: a file cannot be read", "download or copy the dataset again")
+    assert not out.exists()
