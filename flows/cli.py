@@ -254,11 +254,12 @@ def _stage(args: argparse.Namespace) -> int:
         new_out = rd.local and not os.path.lexists(rd.root)
         try:
             with writing(rd):
-                if args.command == "defend" and not (args.config or args.set):
-                    saved = rd.saved_config()  # defend the audit OUT holds, with the config it was made with
-                    if saved is not None:
-                        cfg = dataclasses.replace(saved, defence=cfg.defence)
-                        hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
+                saved = None if args.config or args.set else rd.saved_config()
+                if saved is not None:  # no --config/--set: continue the audit OUT holds, with the config it records
+                    cfg = dataclasses.replace(saved, output=cfg.output,
+                                              defence=cfg.defence if args.command == "defend" else saved.defence)
+                    hashes = stage_hashes(cfg, dataset_fingerprint(cfg.dataset))
+                    print(f"[layerleak] {args.command}: continuing with the config {rd.uri}/config.yaml records")
                 rd.prepare(cfg)  # refuses outputs of another config; saves config.yaml
                 pipeline.STAGE_FUNCTIONS[args.command](cfg, rd, hashes, args)
         except BaseException as e:

@@ -66,3 +66,18 @@ def test_train_then_reuse_and_refuse_other_config(tmp_path):
     other = run_cli("train", *tiny_args(out, "seed=7"))
     _one_error_line(other, "holds splits outputs made with another config (changed: seed)")
     assert json.loads((out / "target" / "metrics.json").read_text()) == metrics  # nothing computed before is lost
+
+
+def test_a_stage_with_only_out_continues_with_the_config_out_records(tiny_run, tmp_path):
+    """``layerleak run --out OUT`` (no --config/--set) on a finished tiny run: the config OUT records, not the
+    default's digits, so nothing is refused and every stage is reused; the folder may have moved (output.dir is OUT)."""
+    import shutil
+
+    out = tmp_path / "moved"
+    shutil.copytree(tiny_run, out)
+    before = {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "sweep").rglob("*.parquet")}
+    proc = run_cli("run", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"run: continuing with the config {out}/config.yaml records" in proc.stdout
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "sweep").rglob("*.parquet")} == before
+    assert "synthetic" in (out / "report.md").read_text()
