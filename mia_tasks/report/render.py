@@ -41,7 +41,7 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     if t:
         b.append(("p", f"Target: train accuracy {t.get('train_accuracy', float('nan')):.4f}, test accuracy "
                        f"{t.get('test_accuracy', float('nan')):.4f} (overfit gap {t.get('overfit_gap')}; {t.get('members')} members, "
-                       f"{t.get('epochs')} epochs)."))
+                       (f"{t.get('epochs')} epochs" if not cfg["model"].get("checkpoint") else "pretrained checkpoint, not trained here") + ")."))
     refs = (cfg.get("references") or {}).get("count", 0)
     if refs and cfg["model"].get("checkpoint"):
         tr = cfg.get("train", {})
@@ -54,7 +54,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     first = (report.get("targets") or [None])[0]
     if first:
         b.append(("h", 2, "Verdicts"))
-        b.append(("p", "**LEAKAGE DETECTED.**" if report["leakage_detected"] else "**NO MEASURABLE LEAKAGE.**"))
+        check = report.get("membership_check") or {}
+        b.append(("p", "**MEMBERSHIP LOOKS WRONG.**" if check.get("looks_wrong") else
+                       "**LEAKAGE DETECTED.**" if report["leakage_detected"] else "**NO MEASURABLE LEAKAGE.**"))
         b.append(("ul", [f"{i}. {v['statement']}" for i, v in enumerate(report["verdicts"], 1)]))
         b.append(("p", f"Attacks are {sh['folds']}-fold cross-fitted over the audited samples (each scored once, by an attack "
                        f"fitted on the other folds). " + _resampling_text(first["v_all"].get("resampling"))))
