@@ -81,7 +81,7 @@ def train_events(cfg: Config, rd: RunDir, member_ids: np.ndarray, state: dict | 
         acc[f"{key}_ci95"] = list(clopper_pearson(hits, len(ys)))  # exact binomial, over the images measured
         acc[f"{key}_n"] = len(ys)
     yield {"metrics": {**acc, "members": len(member_ids), "test_size": len(data.test_y),
-                       "epochs": None if state is not None else cfg.train.epochs,
+                       "epochs": 0 if state is not None else cfg.train.epochs,
                        "device": str(device), "wall_s": round(trained - start, 2),
                        "measure_s": round(time.perf_counter() - trained, 2)}}
 

@@ -41,7 +41,7 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     if t:
         b.append(("p", f"Target: train accuracy {t.get('train_accuracy', float('nan')):.4f}, test accuracy "
                        f"{t.get('test_accuracy', float('nan')):.4f} (overfit gap {t.get('overfit_gap')}; {t.get('members')} members, "
-                       (f"{t.get('epochs')} epochs" if not cfg["model"].get("checkpoint") else "pretrained checkpoint, not trained here") + ")."))
+                       + (f"{t.get('epochs')} epochs" if not cfg["model"].get("checkpoint") else "pretrained checkpoint, not trained here") + ")."))
     refs = (cfg.get("references") or {}).get("count", 0)
     if refs and cfg["model"].get("checkpoint"):
         tr = cfg.get("train", {})
