@@ -75,7 +75,7 @@ def build_report(config: dict, hashes: dict, target: dict | None, layers: list[d
                   *[{**v, "statement": v["statement"].replace("no measurable leakage", "no leakage measured on these samples, "
                      "which says nothing while membership looks wrong").replace("without measurable leakage",
                      "without leakage measured on true members")} for v in listed]]
-    return _clean({
+    report = {
         "claim_tested": CLAIM,
         "membership_check": check,
         "leakage_detected": None if first is None else bool(shapley["leakage_detected"]),
@@ -95,4 +95,20 @@ def build_report(config: dict, hashes: dict, target: dict | None, layers: list[d
         "experiments": experiments,
         "attacks": attacks,
         "ignored": ignored or [],
-    })
+    }
+    if check and check["looks_wrong"]:  # the statements a reader sees: none may say "no measurable leakage"
+        for key in ("headline", "params_depth_test", "conclusion"):
+            report[key] = _unclaim(report[key])
+    return _clean(report)
+
+
+def _unclaim(obj: Any) -> Any:
+    """``obj`` with "no measurable leakage" reworded: the audited samples may not be members."""
+    if isinstance(obj, str):
+        return obj.replace("no measurable leakage", "no leakage measured on samples that may not be members").replace(
+            "No measurable leakage", "No leakage measured on samples that may not be members")
+    if isinstance(obj, dict):
+        return {k: _unclaim(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unclaim(v) for v in obj]
+    return obj
