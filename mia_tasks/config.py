@@ -115,6 +115,11 @@ class SplitConfig:
     audit: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # audited samples per side; None = min(members, nonmembers)
     # targets audited, each trained on its own random half of the population pool (mia_tasks.population)
     targets: int = field(default=1, metadata=allow(POSITIVE_INT))
+    # a pretrained target's stated members: .npy, .csv (one index a line, optional header) or .parquet (column
+    # sample_id or the only column) of indices into the dataset's TRAIN split; null = split.members drawn from it
+    members_file: str | None = field(default=None, metadata=allow(PATH.or_null()))
+    # stated non-members: indices into the TEST split, same formats; null = split.nonmembers drawn from the test split
+    nonmembers_file: str | None = field(default=None, metadata=allow(PATH.or_null()))
 
 
 @dataclass

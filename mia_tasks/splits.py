@@ -38,7 +38,16 @@ def make_splits(train_y: np.ndarray, test_y: np.ndarray, split, seed: int, pretr
     """Draw the splits deterministically from ``seed``; sizes that cannot be met raise LayerleakError."""
     n_train, n_test = len(train_y), len(test_y)
     rng = np.random.default_rng(seed)
-    if pretrained:
+    if (split.members_file or split.nonmembers_file) and not pretrained:
+        raise LayerleakError("split.members_file/split.nonmembers_file need model.checkpoint (a pretrained target); "
+                             "set it or drop the file")
+    if pretrained and (split.members_file or split.nonmembers_file):
+        members = (read_indices(split.members_file, "split.members_file", n_train, "train split") if split.members_file else
+                   _take(rng, np.arange(n_train), n_train if split.members is None else split.members, "split.members", "train split"))
+        nonmembers = (n_train + read_indices(split.nonmembers_file, "split.nonmembers_file", n_test, "test split")
+                      if split.nonmembers_file else
+                      _take(rng, n_train + np.arange(n_test), split.nonmembers, "split.nonmembers", "test split (non-members of a pretrained target)"))
+    elif pretrained:
         members = np.arange(n_train) if split.members is None else _take(rng, np.arange(n_train), split.members, "split.members", "train split")
         pool = n_train + np.arange(n_test)
         nonmembers = _take(rng, pool, split.nonmembers, "split.nonmembers", "test split (non-members of a pretrained target)")
@@ -65,3 +74,42 @@ def _take(rng: np.random.Generator, pool: np.ndarray, n: int, key: str, where: s
     if n > len(pool):
         raise LayerleakError(f"{key} ({n}) exceeds the {len(pool)} samples of the {where}; lower it")
     return np.sort(rng.choice(pool, n, replace=False))
+
+
+def read_indices(path: str, key: str, n: int, where: str) -> np.ndarray:
+    """Sorted sample indices (0..n-1 into the ``where`` split) from a .npy, .csv or .parquet file; bad input raises."""
+    import os
+    if not os.path.isfile(path):
+        raise LayerleakError(f"{key}: {path} is not a file; give the path of a .npy, .csv or .parquet index file")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".npy":
+            values = np.load(path, allow_pickle=False).ravel()
+        elif ext == ".csv":
+            lines = [ln.strip().split(",")[0] for ln in open(path) if ln.strip()]
+            if lines and not lines[0].lstrip("-+").replace(".", "", 1).isdigit():
+                lines = lines[1:]  # a header
+            values = np.array([float(v) for v in lines])
+        elif ext == ".parquet":
+            import pyarrow.parquet as pq
+            t = pq.read_table(path)
+            if "sample_id" not in t.column_names and t.num_columns != 1:
+                raise LayerleakError(f"{key}: {path} has columns {t.column_names}; name the index column sample_id or keep only one")
+            values = t.column("sample_id" if "sample_id" in t.column_names else 0).to_numpy(zero_copy_only=False)
+        else:
+            raise LayerleakError(f"{key}: {path} is not .npy, .csv or .parquet; save the indices in one of those")
+    except LayerleakError:
+        raise
+    except (OSError, ValueError) as e:
+        raise LayerleakError(f"{key}: {path} cannot be read as indices ({str(e).splitlines()[0]}); write one integer index per entry")
+    values = np.asarray(values)
+    if values.size == 0:
+        raise LayerleakError(f"{key}: {path} holds no indices; list at least one {where} index")
+    if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.all(np.isfinite(values) & (values == np.round(values)))):
+        raise LayerleakError(f"{key}: {path} holds non-integer values; give integer indices into the {where}")
+    ids = values.astype(np.int64)
+    if ids.min() < 0 or ids.max() >= n:
+        raise LayerleakError(f"{key}: {path} has indices outside 0..{n - 1} (the {where} has {n} samples); fix or drop them")
+    if len(np.unique(ids)) != len(ids):
+        raise LayerleakError(f"{key}: {path} repeats {len(ids) - len(np.unique(ids))} indices; list each sample once")
+    return np.sort(ids)

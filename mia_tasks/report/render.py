@@ -55,7 +55,9 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     first = (report.get("targets") or [None])[0]
     if first:
         b.append(("h", 2, "Verdicts"))
-        b.append(("p", "**LEAKAGE DETECTED.**" if report["leakage_detected"] else "**NO MEASURABLE LEAKAGE.**"))
+        check = report.get("membership_check") or {}
+        b.append(("p", "**MEMBERSHIP LOOKS WRONG.**" if check.get("looks_wrong") else
+                       "**LEAKAGE DETECTED.**" if report["leakage_detected"] else "**NO MEASURABLE LEAKAGE.**"))
         b.append(("ul", [f"{i}. {v['statement']}" for i, v in enumerate(report["verdicts"], 1)]))
         b.append(("p", f"Attacks are {sh['folds']}-fold cross-fitted over the audited samples (each scored once, by an attack "
                        f"fitted on the other folds). " + _resampling_text(first["v_all"].get("resampling"))))
@@ -160,7 +162,7 @@ def target_text(t: dict, trained_here: bool = True) -> str:
             return "not measured"
         return f"{value:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}] (n={n})" if ci else "")
     how = (f"{t.get('members')} members, {t.get('epochs')} epochs" if trained_here
-           else "a pretrained checkpoint: not trained here")
+           else f"{t.get('members')} members; a pretrained checkpoint, not trained here")
     return (f"Target: train accuracy {acc('train_accuracy')}, test accuracy {acc('test_accuracy')} (exact binomial 95% "
             f"intervals; overfit gap {t.get('overfit_gap')}; {how}).")
 
