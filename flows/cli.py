@@ -230,7 +230,7 @@ def _stage(args: argparse.Namespace) -> int:
     from mia_tasks.config import stage_hashes
     from mia_tasks.data import dataset_fingerprint
     from mia_tasks.outlock import reading, writing
-    from mia_tasks.rundir import RunDir, new_run_id
+    from mia_tasks.rundir import new_run_id
 
     from .presets import load
 
