@@ -51,14 +51,19 @@ def out_of_fold(name: str, features: Features, splits: Splits, columns: Sequence
     return cf.scores, cf.y
 
 
-def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int, seed: int) -> dict:
+def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int, seed: int,
+                  sample_ids: np.ndarray | None = None) -> dict:
     """Metrics with intervals, the ROC curve and the evaluation's sizes, from out-of-fold margins; the ROC
-    is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is."""
+    is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is.
+    ``sample_ids`` given: the per-sample out-of-fold scores are kept too (``sample_ids``, ``scores``), for
+    OUT/scores.parquet and ``layerleak compare``."""
     y = np.asarray(y, bool)
     metrics = bootstrap_metrics(y, scores, replicates=bootstrap, seed=seed)
     return {"n": int(y.size), "members": int(y.sum()), "non_members": int((~y).sum()), "folds": int(folds),
             "evaluation": EVALUATION, "metrics": metrics, "roc": _roc_points(y, scores),
-            "roc_measurable_from": min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum())))}
+            "roc_measurable_from": min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum()))),
+            **({} if sample_ids is None else {"sample_ids": [int(i) for i in sample_ids],
+                                              "scores": [float(v) for v in np.asarray(scores, np.float64)]})}
 
 
 class NasrMaker:
@@ -113,7 +118,7 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
                options: dict | None = None) -> dict:
     """Cross-fit ``name`` over the audited pool (attack_scores), bootstrap its metrics; a JSON-ready dict."""
     scores, y, about = attack_scores(name, features, splits, layers, kinds, C, transform, model, data, nasr, seed, folds, options)
-    return {**about, **attack_record(y, scores, folds, bootstrap, seed)}
+    return {**about, **attack_record(y, scores, folds, bootstrap, seed, splits.sample_ids)}
 
 
 def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Features]], layers: Sequence[str] | None = None,
@@ -132,7 +137,7 @@ def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Featu
     per_target, scores, base, member = [], [], [], []
     for t, (features, splits, base_features) in enumerate(inputs):
         s, y, about = attack_scores(name, features, splits, layers, kinds, C, transform, seed=seed, folds=folds, options=options)
-        record = {**about, **attack_record(y, s, folds, bootstrap, seed)}
+        record = {**about, **attack_record(y, s, folds, bootstrap, seed, splits.sample_ids)}
         per_target.append(record)
         scores.append(s)
         member.append(y)
