@@ -20,7 +20,7 @@ from mia_tasks.experiments import experiment_settings
 from mia_tasks.defences import DEFENDED_STAGES, SETTINGS, defence_hashes
 from mia_tasks.report import build_report, headline_text, make_plots, render_html, render_markdown
 from mia_tasks.report.defences import compare_defences
-from mia_tasks.scores import most_exposed, write_scores
+from mia_tasks.scores import most_exposed, score_histogram, write_scores
 from mia_tasks.rundir import (ATTACKS, DEFENCES, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
                               TARGET_METRICS, RunDir, attack_calibration, default_attack_stem, defence_dir, is_current)
 
@@ -121,7 +121,7 @@ def report_flow(cfg: Config, rd: RunDir, hashes: dict) -> dict:
         print(f"[layerleak] report: no ROC plot: OUT holds no {' or '.join(lacking)} attack made with this config; "
               + " and ".join(f"'layerleak attack --attack {a} --out {rd.uri}'" for a in lacking) + " make it")
     table = write_scores(rd, report["attacks"], hashes)  # every current attack's per-sample scores
-    report["most_exposed"] = most_exposed(table)
+    report["most_exposed"], report["score_histogram"] = most_exposed(table), score_histogram(table)
     rd.write_json(REPORT_JSON, report)
     plots = make_plots(report)
     for rel in PLOTS.values():

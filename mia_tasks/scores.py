@@ -171,3 +171,15 @@ def compare_text(r: dict) -> str:
             d = "n/a" if e["diff"] is None else f"{e['diff']:+.4f}"
             lines.append(f"  {layer:<26}A {e['a']:.4f} {e['a_ci']}  B {e['b']:.4f} {e['b_ci']}  B-A {d}")
     return "\n".join(lines) + "\n"
+
+
+def score_histogram(table: pa.Table, bins: int = 30) -> dict | None:
+    """The main attack's score histogram by membership (counts on shared edges), for plots/scores.png."""
+    col = main_score(table)
+    if col is None:
+        return None
+    s = table.column(col).to_numpy()
+    m = table.column("member").to_numpy(zero_copy_only=False).astype(bool)
+    edges = np.histogram_bin_edges(s, bins)
+    return {"attack": col[len("score."):], "edges": edges.tolist(), "members": np.histogram(s[m], edges)[0].tolist(),
+            "non_members": np.histogram(s[~m], edges)[0].tolist()}
