@@ -122,6 +122,9 @@ def report_flow(cfg: Config, rd: RunDir, hashes: dict) -> dict:
               + " and ".join(f"'layerleak attack --attack {a} --out {rd.uri}'" for a in lacking) + " make it")
     table = write_scores(rd, report["attacks"], hashes)  # every current attack's per-sample scores
     report["most_exposed"], report["score_histogram"] = most_exposed(table), score_histogram(table)
+    for rec in report["attacks"].values():  # per-sample scores live in scores.parquet, not in report.json
+        rec.pop("sample_ids", None)
+        rec.pop("scores", None)
     rd.write_json(REPORT_JSON, report)
     plots = make_plots(report)
     for rel in PLOTS.values():
