@@ -73,6 +73,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--in-channels", type=int, help="override the dataset's image channels")
     m.add_argument("--input-size", type=int, help="override the dataset's image size")
     m.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="architecture option, e.g. depth=56")
+    cp = sub.add_parser("compare", help="paired differences B - A between two audits of the same samples",
+                        description="Paired B - A differences (AUC, accuracy, TPR at 1% FPR) of each attack both run "
+                                    "folders hold, by a bootstrap over the audited samples stratified by membership; "
+                                    "per-layer Shapley values side by side. E.g. a run and OUT/defences/<name>.")
+    cp.add_argument("out_a")
+    cp.add_argument("out_b")
+    cp.add_argument("--json", metavar="PATH", help="also write the comparison as JSON to PATH")
+    cp.add_argument("--replicates", type=int, default=1000)
     b = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHES), formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="\n".join(f"{k:12s} {v}" for k, v in BENCHES.items()))
     b.add_argument("what", choices=tuple(BENCHES))
@@ -272,6 +280,20 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """layerleak compare OUT_A OUT_B: reads both folders only, no Ray."""
+    import json
+
+    from mia_tasks.scores import compare_runs, compare_text
+
+    result = compare_runs(args.out_a, args.out_b, replicates=args.replicates)
+    print(compare_text(result), end="")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; bad input ends in one ``layerleak: error:`` line and exit 2, Ctrl-C in 130, SIGTERM in 143."""
     handle_sigterm()
@@ -283,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             return _config(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "compare":
+            return _compare(args)
         return _stage(args)
     except LayerleakError as e:
         print(f"layerleak: error: {one_line(e)}", file=sys.stderr, flush=True)

@@ -86,7 +86,7 @@ def roc_attacks(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features:
         path = attack_result(name, None, kinds, kinds, cfg.attack.calibration if name == "logistic" else "none")
         have = rd.read_json(path) if rd.exists(path) else None
         ok = is_current(have, "attack", hashes, attack_settings(cfg, name)) and (
-            name != "logistic" or (have.get("layers") == list(features.layers) and sorted(have.get("kinds", [])) == sorted(kinds)))
+            name != "logistic" or (have.get("layers") == list(features.layers) and sorted(have.get("kinds", [])) == sorted(kinds))) and "scores" in have  # scores.parquet needs them
         if not ok:
             attack_flow(cfg, rd, hashes, splits, features, name, None, kinds)
 

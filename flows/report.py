@@ -20,6 +20,7 @@ from mia_tasks.experiments import experiment_settings
 from mia_tasks.defences import DEFENDED_STAGES, SETTINGS, defence_hashes
 from mia_tasks.report import build_report, headline_text, make_plots, render_html, render_markdown
 from mia_tasks.report.defences import compare_defences
+from mia_tasks.scores import most_exposed, score_histogram, write_scores
 from mia_tasks.rundir import (ATTACKS, DEFENCES, EXPERIMENTS, FEATURES, PLOTS, REPORT_HTML, REPORT_JSON, REPORT_MD, SHAPLEY,
                               TARGET_METRICS, RunDir, attack_calibration, default_attack_stem, defence_dir, is_current)
 
@@ -119,6 +120,12 @@ def report_flow(cfg: Config, rd: RunDir, hashes: dict) -> dict:
     if lacking:
         print(f"[layerleak] report: no ROC plot: OUT holds no {' or '.join(lacking)} attack made with this config; "
               + " and ".join(f"'layerleak attack --attack {a} --out {rd.uri}'" for a in lacking) + " make it")
+    table = write_scores(rd, report["attacks"], hashes)  # every current attack's per-sample scores
+    report["most_exposed"], report["score_histogram"] = most_exposed(table), score_histogram(table)
+    for rec in report["attacks"].values():  # per-sample scores live in scores.parquet, not in report.json
+        rec.pop("sample_ids", None)
+        rec.pop("scores", None)
+        rec.pop("raw_scores", None)
     rd.write_json(REPORT_JSON, report)
     plots = make_plots(report)
     for rel in PLOTS.values():

@@ -83,10 +83,12 @@ def calibrated_scores(name: str, data: AttackData, folds: int, seed: int,
 
 
 def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int, seed: int,
-                  raw: np.ndarray | None = None) -> dict:
+                  raw: np.ndarray | None = None, sample_ids: np.ndarray | None = None) -> dict:
     """Metrics with intervals, the ROC curve and the evaluation's sizes, from out-of-fold margins (with ``raw``,
     a calibrated attack's raw scores, the threshold-free metrics and the ROC read those, which are stored);
-    the ROC is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is."""
+    the ROC is measurable from FPR = 10 / non-members up (at least ten false positives), as TPR at an FPR is.
+    ``sample_ids`` given: the per-sample out-of-fold margins are kept too (``sample_ids``, ``scores``), for
+    OUT/scores.parquet and ``layerleak compare``."""
     y = np.asarray(y, bool)
     metrics = bootstrap_metrics(y, scores, replicates=bootstrap, seed=seed, raw=raw)
     record = {"n": int(y.size), "members": int(y.sum()), "non_members": int((~y).sum()), "folds": int(folds),
@@ -95,6 +97,9 @@ def attack_record(y: np.ndarray, scores: np.ndarray, folds: int, bootstrap: int,
               "roc_measurable_from": min(1.0, MIN_FALSE_POSITIVES / max(1, int((~y).sum())))}
     if raw is not None:
         record["raw_scores"] = [float(v) for v in raw]
+    if sample_ids is not None:
+        record["sample_ids"] = [int(i) for i in sample_ids]
+        record["scores"] = [float(v) for v in np.asarray(scores, np.float64)]
     return record
 
 
@@ -157,7 +162,7 @@ def run_attack(name: str, features: Features, splits: Splits, layers: Sequence[s
                options: dict | None = None) -> dict:
     """Cross-fit ``name`` over the audited pool (attack_scores), bootstrap its metrics; a JSON-ready dict."""
     scores, y, raw, about = attack_scores(name, features, splits, layers, kinds, C, transform, model, data, nasr, seed, folds, options)
-    return {**about, **attack_record(y, scores, folds, bootstrap, seed, raw)}
+    return {**about, **attack_record(y, scores, folds, bootstrap, seed, raw, splits.sample_ids)}
 
 
 def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Features]], layers: Sequence[str] | None = None,
@@ -176,7 +181,7 @@ def run_attack_targets(name: str, inputs: Sequence[tuple[Features, Splits, Featu
     per_target, scores, base, member = [], [], [], []
     for t, (features, splits, base_features) in enumerate(inputs):
         s, y, raw, about = attack_scores(name, features, splits, layers, kinds, C, transform, seed=seed, folds=folds, options=options)
-        record = {**about, **attack_record(y, s, folds, bootstrap, seed, raw)}
+        record = {**about, **attack_record(y, s, folds, bootstrap, seed, raw, splits.sample_ids)}
         per_target.append(record)
         scores.append(s if raw is None else raw)  # pooled metrics are threshold-free: a calibrated attack's raw scores
         member.append(y)

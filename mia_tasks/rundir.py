@@ -48,7 +48,8 @@ CALIBRATED_TAG = "calibrated"  # attacks/logistic-calibrated-<offline|online>...
 EXPERIMENTS = "experiments"
 REPORT_JSON, REPORT_MD, REPORT_HTML = "report.json", "report.md", "report.html"
 PLOTS = {"shapley": "plots/shapley.png", "single_layer": "plots/single_layer.png", "groups": "plots/groups.png",
-         "roc": "plots/roc.png", "roc_pooled": "plots/roc_pooled.png", "defences": "plots/defences.png"}
+         "roc": "plots/roc.png", "roc_pooled": "plots/roc_pooled.png", "defences": "plots/defences.png",
+         "scores": "plots/scores.png"}
 DEFENCES = "defences"  # OUT/defences/<name>/: a defended target and its audit, a run folder of the same layout
 POPULATION = "population.parquet"  # the population pool: sample_id, label, in.<k> (model k trains on it) per model
 MODELS = "models"  # OUT/models/<k>/ for k >= 1: another model of the population (a target or a reference), a run

@@ -160,6 +160,17 @@ def make_plots(report: dict) -> dict[str, bytes]:
         plots[PLOTS["roc_pooled"]] = _roc_plot(curves, min(p["non_members"] for p in pooled.values()),
                                                max(p["roc_measurable_from"] for p in pooled.values()), sorted(notes),
                                                f"ROC pooled over {first['targets']} targets (log-log; shaded: measurable)")
+    hist = report.get("score_histogram")
+    if hist:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        e = np.asarray(hist["edges"])
+        for key, colour in (("non_members", "tab:blue"), ("members", "tab:red")):
+            ax.stairs(hist[key], e, fill=True, alpha=0.45, color=colour, label=key.replace("_", "-"))
+        ax.set_xlabel(f"{hist['attack']} out-of-fold score (>= 0 predicts a member)")
+        ax.set_ylabel("audited samples")
+        ax.legend()
+        ax.set_title(f"{hist['attack']} scores by membership")
+        plots[PLOTS["scores"]] = _png(fig)
     from .defences import defence_plot  # the defences module renders from the report dict too
 
     png = defence_plot(report)

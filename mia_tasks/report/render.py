@@ -117,6 +117,16 @@ def _blocks(report: dict, plots: Sequence[str]) -> list[tuple]:
     b += defence_blocks(report)
     if PLOTS["defences"] in plots:
         b.append(("img", PLOTS["defences"], "utility versus leakage across defences"))
+    top = report.get("most_exposed") or []
+    if top:
+        b.append(("h", 2, "Most exposed samples"))
+        b.append(("p", f"The {len(top)} audited samples the `{top[0]['attack']}` attack scores most member-like "
+                       "(out-of-fold scores; every sample's scores: `scores.parquet`)."))
+        b.append(("table", ["sample id", "split[index]", "label", "member", "score"],
+                  [[str(r["sample_id"]), f"{r['split']}[{r['index']}]", str(r["label"]), "yes" if r["member"] else "no",
+                    f"{r['score']:.3f}"] for r in top]))
+    if PLOTS["scores"] in plots:
+        b.append(("img", PLOTS["scores"], "main attack's scores by membership"))
     if report.get("ignored"):
         b.append(("h", 2, "Left out"))
         b.append(("ul", [f"{x} (made by another config)" for x in report["ignored"]]))
