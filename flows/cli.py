@@ -198,7 +198,6 @@ def _defence_overrides(args: argparse.Namespace) -> list[str]:
     return [f"defence.{k}={v}" for k, v in pairs if v is not None]
 
 
-BARE = {".layerleak", ".lock", "config.yaml"}  # what a run folder holds before its first stage writes anything
 
 
 def _filesystem_problem(e: OSError, out: str) -> str:
@@ -224,6 +223,8 @@ def _open_out(out: str, run_id: str | None = None):
 def _remove_if_bare(root: str) -> None:
     """Remove a folder this command made, when it failed before any stage wrote into it (nothing left behind)."""
     import shutil
+
+    from mia_tasks.rundir import BARE
 
     try:
         if os.path.isdir(root) and set(os.listdir(root)) <= BARE:

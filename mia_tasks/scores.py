@@ -11,10 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import LayerleakError
-from .rundir import ATTACKS, FEATURES, MARKER, SHAPLEY, SPLITS, RunDir
+from .rundir import ATTACKS, FEATURES, HASH_KEY, MARKER, SCORES, SHAPLEY, SPLITS, RunDir
 from .uncertainty.bootstrap import percentile_interval, stratified_weights, weighted_auc
 
-SCORES = "scores.parquet"
 TOP = 10  # the report's most exposed samples
 
 
@@ -57,7 +56,7 @@ def ranking_scores(rec: dict) -> list[float]:
 def write_scores(rd: RunDir, attacks: dict[str, dict], hashes: dict) -> pa.Table:
     """Write OUT/scores.parquet whole (rewritten by every report, so it follows the attacks OUT holds)."""
     table = scores_table(rd, attacks)
-    rd.write_parquet(SCORES, table, {"config_hash": hashes.get("config"), "attacks": sorted(attacks)})
+    rd.write_parquet(SCORES, table, {HASH_KEY: hashes.get("config"), "attacks": sorted(attacks)})
     return table
 
 
