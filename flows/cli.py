@@ -28,8 +28,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run directory (default: output.dir of the config)")
 
 
-KEYS_HELP = ("config keys: 'layerleak config' prints every key of the resolved config with its value and what it "
-             "accepts (--config/--set as for run); the presets in flows/configs/ are commented YAML")
+KEYS_HELP = ("config keys: 'layerleak config' prints every key of the resolved config with its value, what it means and "
+             "what it accepts (--config/--set as for run); docs/configuration.md is the same reference; the presets in "
+             "flows/configs/ are commented YAML")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,9 +62,13 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--experiment", default="all", choices=("groups-grad", "groups-out", "single-layer", "shapley", "seed-shapley", "all"),
                             help="seed-shapley: the sweep's players under the seed's own protocol (not in 'all')")
             sp.add_argument("--attack", default="logistic", choices=("logistic", "nasr"))
-    c = sub.add_parser("config", help="print the resolved config: every key, its value and what it accepts",
-                       description="Print the resolved config (preset + --set overrides) as YAML, each key commented with what it accepts.")
+    c = sub.add_parser("config", help="print the resolved config: every key, its value, what it means and what it accepts",
+                       description="Print the resolved config (preset + --set overrides) as YAML, each key commented with what "
+                                   "it means and what it accepts. --markdown prints the configuration reference instead "
+                                   "(docs/configuration.md is generated with it).")
     _common(c)
+    c.add_argument("--markdown", action="store_true", help="print the configuration reference (every key's default, rule, "
+                   "meaning and the outputs it changes) as Markdown: layerleak config --markdown > docs/configuration.md")
     m = sub.add_parser("models", help="list architectures, or one architecture's audited layers",
                        description="An architecture's audited layers in forward order, shaped for the config's dataset "
                                    "(default: the default config's digits, 10 classes of 1x8x8 images).")
@@ -156,29 +161,21 @@ def _out_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _config(args: argparse.Namespace) -> int:
-    """The resolved config as YAML, each key commented with what it accepts."""
-    import dataclasses
+    """The resolved config as YAML, each key commented with what it means and what it accepts; with --markdown,
+    the configuration reference (docs/configuration.md) generated from the same declarations."""
+    from mia_tasks.configdoc import commented_yaml, reference_markdown
 
-    import yaml
+    from .presets import DEFAULT, load, resolve
 
-    from .presets import load, resolve
-
+    if args.markdown:
+        if args.config or args.set or args.out:
+            raise LayerleakError("layerleak config --markdown documents the declared defaults: give it no --config, --set or --out")
+        print(reference_markdown(load(None, []), DEFAULT), end="")
+        return 0
     overrides = [*args.set, *_out_overrides(args)]
     cfg = load(args.config, overrides)
     print(f"# resolved from {resolve(args.config)}" + (f" with --set {' '.join(overrides)}" if overrides else ""))
-
-    def emit(obj, indent: str) -> None:
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                print(f"{indent}{f.name}:")
-                emit(value, indent + "  ")
-                continue
-            text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10_000).strip()
-            rule = f.metadata.get("rule")
-            line = indent + (text[1:-1] if text.startswith("{") else text)
-            print(f"{line:42s} # {rule.describe() if rule else ''}")
-    emit(cfg, "")
+    print(commented_yaml(cfg), end="")
     return 0
 
 

@@ -9,7 +9,7 @@ and the target once); selections whose raw gradients exceed ``experiments.NASR_M
 sample are skipped and say so (on a CIFAR AlexNet: the groups that hold its big fc layers). The shapley
 experiment is the sweep (OUT/shapley.json, logistic only). An experiment whose file holds the same
 key (features hash, attack and its settings) is reused, not rerun. One OUT is one architecture: run
-the three seed architectures as three configs into three OUT folders (see README).
+the three seed architectures as three configs into three OUT folders (see docs/results.md).
 """
 
 from __future__ import annotations

@@ -87,114 +87,162 @@ PLAYER_KINDS = list_of(choice(LAYER_KINDS))  # players bring per-layer features 
 
 @dataclass
 class DatasetConfig:
-    name: str = field(default="digits", metadata=allow(choice(_datasets)))
-    root: str | None = field(default=None, metadata=allow(PATH.or_null()))
-    download: bool = field(default=False, metadata=allow(boolean()))
-    # per-channel normalisation; None = the dataset's usual values
-    mean: list[float] | None = field(default=None, metadata=allow(list_of(number()).or_null()))
-    std: list[float] | None = field(default=None, metadata=allow(list_of(POSITIVE).or_null()))
-    synthetic_train: int = field(default=600, metadata=allow(POSITIVE_INT))  # sizes and shape of the 'synthetic' dataset (tests)
-    synthetic_test: int = field(default=200, metadata=allow(POSITIVE_INT))
-    synthetic_classes: int = field(default=4, metadata=allow(integer(2)))
-    synthetic_channels: int = field(default=1, metadata=allow(POSITIVE_INT))
-    synthetic_size: int = field(default=8, metadata=allow(POSITIVE_INT))
+    """The dataset the target is trained on and audited with: its train split holds the members, its test split the
+    non-members."""
+    name: str = field(default="digits", metadata=allow(choice(_datasets), "which dataset: digits is bundled with scikit-learn; "
+                      "cifar10/cifar100 are torchvision's python batches, fashion-mnist its idx files, imagefolder "
+                      "train/<class>/ and test/<class>/ folders (or a tarball); synthetic is made up for the tests"))
+    root: str | None = field(default=None, metadata=allow(PATH.or_null(), "the local folder (or imagefolder tarball) holding the "
+                             "dataset; null for the bundled digits and synthetic data"))
+    download: bool = field(default=False, metadata=allow(boolean(), "fetch cifar10/cifar100 into dataset.root with torchvision "
+                           "first (needs the internet)"))
+    mean: list[float] | None = field(default=None, metadata=allow(list_of(number()).or_null(), "per-channel normalisation mean "
+                                     "the model was trained with; null = the dataset's usual values"))
+    std: list[float] | None = field(default=None, metadata=allow(list_of(POSITIVE).or_null(), "per-channel normalisation "
+                                    "standard deviation; null = the dataset's usual values"))
+    synthetic_train: int = field(default=600, metadata=allow(POSITIVE_INT, "synthetic dataset (tests): images in its train split"))
+    synthetic_test: int = field(default=200, metadata=allow(POSITIVE_INT, "synthetic dataset: images in its test split"))
+    synthetic_classes: int = field(default=4, metadata=allow(integer(2), "synthetic dataset: number of classes"))
+    synthetic_channels: int = field(default=1, metadata=allow(POSITIVE_INT, "synthetic dataset: image channels"))
+    synthetic_size: int = field(default=8, metadata=allow(POSITIVE_INT, "synthetic dataset: image side in pixels"))
 
 
 @dataclass
 class ModelConfig:
-    arch: str = field(default="cnn", metadata=allow(ARCH))
-    options: dict[str, Any] = field(default_factory=dict, metadata=allow(mapping("a mapping {option: value}, e.g. {depth: 20}")))
-    checkpoint: str | None = field(default=None, metadata=allow(PATH.or_null()))  # a pretrained target: training is skipped
-    trust_checkpoint: bool = field(default=False, metadata=allow(boolean()))  # allow pickled (non weights-only) checkpoints
+    """The target's architecture, and a pretrained checkpoint when the target is not trained here."""
+    arch: str = field(default="cnn", metadata=allow(ARCH, "the target's architecture: a built-in one (layerleak models lists "
+                      "them) or your own factory, called with the keywords it takes among num_classes, in_channels and "
+                      "input_size, plus model.options"))
+    options: dict[str, Any] = field(default_factory=dict, metadata=allow(mapping("a mapping {option: value}, e.g. {depth: 20}"),
+                                    "keyword options passed to the architecture's factory, e.g. {depth: 20} for resnet"))
+    checkpoint: str | None = field(default=None, metadata=allow(PATH.or_null(), "a pretrained target's weights: training is "
+                                   "skipped and this model is audited; null = train the target on the members"))
+    trust_checkpoint: bool = field(default=False, metadata=allow(boolean(), "allow a checkpoint that needs unpickling (not "
+                                   "weights-only); only for files you trust, since unpickling can run code"))
 
 
 @dataclass
 class SplitConfig:
-    members: int | None = field(default=70, metadata=allow(POSITIVE_INT.or_null()))  # target training set size; None = the whole train split
-    nonmembers: int = field(default=70, metadata=allow(POSITIVE_INT))  # non-member pool size
-    audit: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # audited samples per side; None = min(members, nonmembers)
-    # targets audited, each trained on its own random half of the population pool (mia_tasks.population)
-    targets: int = field(default=1, metadata=allow(POSITIVE_INT))
-    # a pretrained target's stated members: .npy, .csv (one index a line, optional header) or .parquet (column
-    # sample_id or the only column) of indices into the dataset's TRAIN split; null = split.members drawn from it
-    members_file: str | None = field(default=None, metadata=allow(PATH.or_null()))
-    # stated non-members: indices into the TEST split, same formats; null = split.nonmembers drawn from the test split
-    nonmembers_file: str | None = field(default=None, metadata=allow(PATH.or_null()))
+    """Who is a member: the target's training samples, the non-member pool and the audited samples drawn from both."""
+    members: int | None = field(default=70, metadata=allow(POSITIVE_INT.or_null(), "members: the target's training samples, "
+                                "drawn from the train split with the seed; null = the whole train split (less the "
+                                "non-members, for a target trained here)"))
+    nonmembers: int = field(default=70, metadata=allow(POSITIVE_INT, "non-members, drawn with the seed from the rest of the "
+                            "train split for a target trained here (same distribution), from the test split for a "
+                            "pretrained one"))
+    audit: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null(), "audited samples per side (members and as "
+                              "many non-members); null = the smaller of split.members and split.nonmembers"))
+    targets: int = field(default=1, metadata=allow(POSITIVE_INT, "targets audited, each trained on its own random half of the "
+                         "population pool (mia_tasks.population); with references.count = K, K + 1 gives targets for free"))
+    members_file: str | None = field(default=None, metadata=allow(PATH.or_null(), "a pretrained target's stated members: a .npy, "
+                                     ".csv (one index a line, optional header) or .parquet (column sample_id or its only "
+                                     "column) of indices into the TRAIN split; null = split.members drawn from it"))
+    nonmembers_file: str | None = field(default=None, metadata=allow(PATH.or_null(), "stated non-members: indices into the TEST "
+                                        "split, same formats; null = split.nonmembers drawn from the test split"))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = field(default=40, metadata=allow(POSITIVE_INT))
-    batch_size: int = field(default=64, metadata=allow(POSITIVE_INT))
-    lr: float = field(default=0.05, metadata=allow(POSITIVE))
-    momentum: float = field(default=0.9, metadata=allow(number(0, 1, hi_open=True)))
-    weight_decay: float = field(default=5e-4, metadata=allow(number(0)))
-    schedule: str = field(default="cosine", metadata=allow(choice(("cosine", "step", "constant"))))
-    milestones: list[int] = field(default_factory=lambda: [100, 150], metadata=allow(list_of(POSITIVE_INT, nonempty=False)))  # step schedule
-    gamma: float = field(default=0.1, metadata=allow(number(0, 1, lo_open=True)))  # step schedule: lr factor at each milestone
-    augment: bool = field(default=False, metadata=allow(boolean()))
-    device: str = field(default="auto", metadata=allow(choice(DEVICES)))
-    # a target's accuracy is measured on at most this many members and as many test images (seeded); null = all
-    accuracy_samples: int | None = field(default=2000, metadata=allow(POSITIVE_INT.or_null()))
+    """How the target (and every reference model and defended target) is trained: SGD with momentum."""
+    epochs: int = field(default=40, metadata=allow(POSITIVE_INT, "training epochs of the target"))
+    batch_size: int = field(default=64, metadata=allow(POSITIVE_INT, "training batch size"))
+    lr: float = field(default=0.05, metadata=allow(POSITIVE, "initial learning rate"))
+    momentum: float = field(default=0.9, metadata=allow(number(0, 1, hi_open=True), "SGD momentum"))
+    weight_decay: float = field(default=5e-4, metadata=allow(number(0), "SGD weight decay (L2 penalty)"))
+    schedule: str = field(default="cosine", metadata=allow(choice(("cosine", "step", "constant")), "learning-rate schedule, "
+                          "stepped once per batch: cosine annealing to 0, step (x gamma at each milestone) or constant"))
+    milestones: list[int] = field(default_factory=lambda: [100, 150], metadata=allow(list_of(POSITIVE_INT, nonempty=False),
+                                  "step schedule: the epochs at which the learning rate is multiplied by train.gamma"))
+    gamma: float = field(default=0.1, metadata=allow(number(0, 1, lo_open=True), "step schedule: the learning-rate factor at "
+                         "each milestone"))
+    augment: bool = field(default=False, metadata=allow(boolean(), "random crops (zero padding of 1/8 of the side) and, for "
+                          "colour images, horizontal flips while training"))
+    device: str = field(default="auto", metadata=allow(choice(DEVICES), "where training runs: auto = a GPU when the Ray cluster "
+                        "offers one, else the CPU; cuda is refused where there is no GPU"))
+    accuracy_samples: int | None = field(default=2000, metadata=allow(POSITIVE_INT.or_null(), "a target's train and test accuracy "
+                                         "are measured on at most this many members and as many test images (seeded); "
+                                         "null = every image"))
 
 
 @dataclass
 class FeaturesConfig:
-    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # None = every conv/linear layer
-    batch_size: int = field(default=128, metadata=allow(POSITIVE_INT))
-    budget_mb: int = field(default=256, metadata=allow(POSITIVE_INT))  # peak memory for per-sample gradient chunks
-    shard_size: int = field(default=512, metadata=allow(POSITIVE_INT))  # samples per Parquet part
-    device: str = field(default="auto", metadata=allow(choice(DEVICES)))
+    """White-box feature extraction: per-sample gradient and activation statistics of every audited layer."""
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS, "the audited layers; null = every layer of a "
+                                     "registered type (conv and linear) in forward order"))
+    batch_size: int = field(default=128, metadata=allow(POSITIVE_INT, "samples per extraction batch (features do not depend "
+                            "on it)"))
+    budget_mb: int = field(default=256, metadata=allow(POSITIVE_INT, "peak memory, in MB, for chunks of per-sample gradients "
+                           "(a conv layer's are built a few samples at a time)"))
+    shard_size: int = field(default=512, metadata=allow(POSITIVE_INT, "audited samples per features/part-NNNNN.parquet, one "
+                            "extractor task each"))
+    device: str = field(default="auto", metadata=allow(choice(DEVICES), "where extraction runs: auto = one actor per GPU, else "
+                        "ray.extract_actors CPU actors"))
 
 
 @dataclass
 class AttackConfig:
-    name: str = field(default="logistic", metadata=allow(choice(_attacks)))
-    C: float = field(default=1.0, metadata=allow(POSITIVE))
-    # signed-log | none: features put on a log scale before standardising
-    transform: str = field(default="signed-log", metadata=allow(choice(_transforms)))
-    # cross-fitting: the audited pool in k folds balanced by membership; each sample scored by the attack fitted on the others
-    folds: int = field(default=5, metadata=allow(integer(2, 127)))
-    # replicates of the stratified bootstrap behind every interval: under 100, a 95% percentile interval rests on
-    # one or two replicates per tail (and one replicate gives no interval at all)
-    bootstrap: int = field(default=1000, metadata=allow(integer(MIN_BOOTSTRAP)))
-    kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(list_of(choice(_kinds))))
-    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))
-    nasr_layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # None = the last audited layer
-    nasr_epochs: int = field(default=30, metadata=allow(POSITIVE_INT))
-    nasr_lr: float = field(default=1e-3, metadata=allow(POSITIVE))
-    nasr_batch_size: int = field(default=64, metadata=allow(POSITIVE_INT))
-    # calibrated with reference models (references.count): the logistic attack's and the sweep's features judged
-    # against each sample's OUT references ((x - mu_out)/s_out), online also IN (per-feature log-likelihood ratio)
-    calibration: str = field(default="none", metadata=allow(choice(("none", "offline", "online"))))
-    lira_mode: str = field(default="online", metadata=allow(choice(("online", "offline"))))  # the 'lira' attack
-    lira_variance: str = field(default="global", metadata=allow(choice(("global", "per-example"))))  # global: pooled (few references)
-    rmia_mode: str = field(default="online", metadata=allow(choice(("online", "offline"))))
-    rmia_a: float = field(default=0.3, metadata=allow(number(0, 1)))  # offline: Pr(x) = (1+a)/2 mean_OUT + (1-a)/2
-    rmia_gamma: float = field(default=1.0, metadata=allow(POSITIVE))  # score: fraction of z with LR(x)/LR(z) > gamma
+    """The membership attacks, their cross-fitted evaluation and the bootstrap behind every interval."""
+    name: str = field(default="logistic", metadata=allow(choice(_attacks), "the attack 'layerleak attack' runs without "
+                      "--attack; lira and rmia need references.count"))
+    C: float = field(default=1.0, metadata=allow(POSITIVE, "the logistic attack's inverse L2 penalty (scikit-learn's C): "
+                     "smaller is stronger regularisation"))
+    transform: str = field(default="signed-log", metadata=allow(choice(_transforms), "how features are put on a common scale "
+                           "before standardising: signed-log (gradient magnitudes span orders of magnitude) or none"))
+    folds: int = field(default=5, metadata=allow(integer(2, 127), "cross-fitting: the audited pool in k folds balanced by "
+                       "membership; each sample is scored once, by an attack that never saw it"))
+    bootstrap: int = field(default=1000, metadata=allow(integer(MIN_BOOTSTRAP), "replicates of the stratified bootstrap over "
+                           "audited samples behind every 95% interval (under 100 a percentile interval rests on one or two "
+                           "replicates per tail)"))
+    kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(list_of(choice(_kinds)), "the feature kinds the "
+                             "attack reads: grad (gradient statistics), out (activation statistics), loss"))
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS, "the layers the attack reads; null = every audited "
+                                     "layer"))
+    nasr_layers: list[str] | None = field(default=None, metadata=allow(LAYERS, "nasr: the layers whose raw per-sample gradients "
+                                          "its encoders read; null = the last audited layer"))
+    nasr_epochs: int = field(default=30, metadata=allow(POSITIVE_INT, "nasr: training epochs of the attack model"))
+    nasr_lr: float = field(default=1e-3, metadata=allow(POSITIVE, "nasr: Adam learning rate"))
+    nasr_batch_size: int = field(default=64, metadata=allow(POSITIVE_INT, "nasr: training batch size"))
+    calibration: str = field(default="none", metadata=allow(choice(("none", "offline", "online")), "the logistic attack's and "
+                             "the sweep's features judged against each sample's OUT references ((x - mu_out)/s_out; online also "
+                             "IN: a per-feature log-likelihood ratio); needs references.count"))
+    lira_mode: str = field(default="online", metadata=allow(choice(("online", "offline")), "lira: online fits IN and OUT "
+                           "Gaussians per sample, offline OUT only"))
+    lira_variance: str = field(default="global", metadata=allow(choice(("global", "per-example")), "lira: one pooled variance "
+                               "(global; for few references) or each sample's own"))
+    rmia_mode: str = field(default="online", metadata=allow(choice(("online", "offline")), "rmia: online uses IN and OUT "
+                           "references, offline OUT only with rmia_a"))
+    rmia_a: float = field(default=0.3, metadata=allow(number(0, 1), "rmia offline: Pr(x) = (1+a)/2 mean_OUT + (1-a)/2"))
+    rmia_gamma: float = field(default=1.0, metadata=allow(POSITIVE, "rmia: the score is the fraction of population samples z "
+                              "with LR(x)/LR(z) > gamma"))
 
 
 @dataclass
 class SweepConfig:
-    # layers | groups | {player: [layer, ...]}
-    players: Any = field(default="layers", metadata=allow(PLAYERS))
-    kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(PLAYER_KINDS))
-    method: str = field(default="exact", metadata=allow(choice(("exact", "sampled"))))  # sampled: permutation sampling with standard errors
-    max_exact_players: int = field(default=20, metadata=allow(integer(1, 30)))
-    chunk_size: int = field(default=512, metadata=allow(POSITIVE_INT))  # coalitions per fitter task
-    permutations: int = field(default=2000, metadata=allow(POSITIVE_INT))  # sampled: at most this many permutations
-    tol: float = field(default=0.005, metadata=allow(POSITIVE))  # sampled: stop when every standard error is below this
-    device: str = field(default="auto", metadata=allow(choice(DEVICES)))
-    # none | loss | lira | rmia: v(∅) is this black-box attack's value and every coalition's attack also sees its
-    # score, so a player's Shapley value is its leakage beyond it (lira, rmia need references.count; exact sweeps)
-    baseline: str = field(default="none", metadata=allow(choice(("none", "loss", "lira", "rmia"))))
+    """The coalition sweep: the attack fitted on every coalition of players, and the Shapley values from it."""
+    players: Any = field(default="layers", metadata=allow(PLAYERS, "the players: each audited layer (layers), the model's "
+                         "default grouping (groups: blocks/stages, a user model's top-level children) or a mapping "
+                         "{player: [layer, ...]}"))
+    kinds: list[str] = field(default_factory=lambda: ["grad"], metadata=allow(PLAYER_KINDS, "the per-layer features each "
+                             "player brings: grad and/or out statistics"))
+    method: str = field(default="exact", metadata=allow(choice(("exact", "sampled")), "exact: all 2^L - 1 coalitions; "
+                        "sampled: permutation sampling with standard errors"))
+    max_exact_players: int = field(default=20, metadata=allow(integer(1, 30), "an exact sweep of more players is refused (group "
+                                   "layers or sample instead)"))
+    chunk_size: int = field(default=512, metadata=allow(POSITIVE_INT, "coalitions per fitter task (one sweep part each)"))
+    permutations: int = field(default=2000, metadata=allow(POSITIVE_INT, "sampled: at most this many permutations"))
+    tol: float = field(default=0.005, metadata=allow(POSITIVE, "sampled: stop when every standard error is below this"))
+    device: str = field(default="auto", metadata=allow(choice(DEVICES), "where the fitters compute: auto = a GPU each when "
+                        "there are GPUs, else the CPU"))
+    baseline: str = field(default="none", metadata=allow(choice(("none", "loss", "lira", "rmia")), "v(∅): none = 0.5 (a constant "
+                          "guess); loss, lira or rmia = that black-box attack's value, which every coalition's attack also sees, "
+                          "so a player's Shapley value is its leakage beyond it (lira, rmia need references.count)"))
 
 
 @dataclass
 class ReferencesConfig:
     """Reference models: trained like the target, each on its own random half of the population pool, so each
     audited sample is IN for about half of them (calibrated attacks); targets serve as each other's references."""
-    count: int = field(default=0, metadata=allow(integer(0)))  # K reference models per target
+    count: int = field(default=0, metadata=allow(integer(0), "K reference models per target (0: no calibrated attacks)"))
 
 
 def _defences() -> list[str]:
@@ -206,36 +254,48 @@ def _defences() -> list[str]:
 @dataclass
 class DefenceConfig:
     """``layerleak defend``: a defended target trained on the same members with the same recipe, audited again."""
-    name: str = field(default="dp-sgd", metadata=allow(choice(_defences)))  # dp-sgd | layer-dp | regularise
-    epsilon: float = field(default=8.0, metadata=allow(POSITIVE))  # dp-sgd: the target ε
-    delta: float | None = field(default=None, metadata=allow(number(0, 1, lo_open=True, hi_open=True).or_null()))  # dp-sgd; None = 1/members
-    max_grad_norm: float = field(default=1.0, metadata=allow(POSITIVE))  # dp-sgd: per-sample clipping norm
-    per_layer_clipping: bool = field(default=False, metadata=allow(boolean()))  # dp-sgd: each layer to max_grad_norm/sqrt(#params tensors)
-    layers: list[str] | None = field(default=None, metadata=allow(LAYERS))  # layer-dp: None = the top player(s) by Shapley value
-    top: int = field(default=1, metadata=allow(POSITIVE_INT))  # layer-dp: how many top players when layers is None
-    clip: float = field(default=1.0, metadata=allow(POSITIVE))  # layer-dp: per-sample clipping norm of the chosen layers
-    noise_multiplier: float = field(default=1.0, metadata=allow(number(0)))  # layer-dp: noise std / clip
-    weight_decay: float = field(default=0.01, metadata=allow(number(0)))  # regularise
-    epochs: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # regularise: early stopping; None = train.epochs
+    name: str = field(default="dp-sgd", metadata=allow(choice(_defences), "the defence: dp-sgd (Opacus, to a target ε), "
+                      "layer-dp (clip and noise chosen layers only) or regularise (weight decay, early stopping)"))
+    epsilon: float = field(default=8.0, metadata=allow(POSITIVE, "dp-sgd: the target ε"))
+    delta: float | None = field(default=None, metadata=allow(number(0, 1, lo_open=True, hi_open=True).or_null(),
+                                "dp-sgd: δ; null = 1/members"))
+    max_grad_norm: float = field(default=1.0, metadata=allow(POSITIVE, "dp-sgd: per-sample clipping norm"))
+    per_layer_clipping: bool = field(default=False, metadata=allow(boolean(), "dp-sgd: clip each layer to "
+                                     "max_grad_norm/sqrt(#parameter tensors) instead of the whole gradient"))
+    layers: list[str] | None = field(default=None, metadata=allow(LAYERS, "layer-dp: the layers to protect; null = the top "
+                                     "player(s) by Shapley value"))
+    top: int = field(default=1, metadata=allow(POSITIVE_INT, "layer-dp: how many top players when defence.layers is null"))
+    clip: float = field(default=1.0, metadata=allow(POSITIVE, "layer-dp: per-sample clipping norm of the chosen layers"))
+    noise_multiplier: float = field(default=1.0, metadata=allow(number(0), "layer-dp: noise standard deviation / clip"))
+    weight_decay: float = field(default=0.01, metadata=allow(number(0), "regularise: the weight decay"))
+    epochs: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null(), "regularise: early stopping after this many "
+                               "epochs; null = train.epochs"))
 
 
 @dataclass
 class RayConfig:
-    address: str | None = field(default=None, metadata=allow(text("a Ray address host:port or ray://host:port").or_null()))  # None = RAY_ADDRESS or a new local instance
-    extract_actors: int = field(default=2, metadata=allow(POSITIVE_INT))  # CPU extractor actors when there is no GPU
-    fit_actors: int = field(default=2, metadata=allow(POSITIVE_INT))
-    num_cpus: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null()))  # local instance size; None = all cores
-    max_retries: int = field(default=3, metadata=allow(integer(0)))
+    """Where the work runs: the Ray cluster and how many actors it gets (no key here changes a result)."""
+    address: str | None = field(default=None, metadata=allow(text("a Ray address host:port or ray://host:port").or_null(),
+                                "the Ray cluster to join; null = RAY_ADDRESS, else a new loopback-only local instance"))
+    extract_actors: int = field(default=2, metadata=allow(POSITIVE_INT, "CPU extractor actors when the cluster has no GPU"))
+    fit_actors: int = field(default=2, metadata=allow(POSITIVE_INT, "sweep fitter actors (each holds one CPU and about 0.7 GiB)"))
+    num_cpus: int | None = field(default=None, metadata=allow(POSITIVE_INT.or_null(), "logical CPUs of the local instance "
+                                 "(keep >= ray.fit_actors); null = all cores"))
+    max_retries: int = field(default=3, metadata=allow(integer(0), "restarts of a killed actor and retries of its task"))
 
 
 @dataclass
 class OutputConfig:
-    dir: str = field(default="runs/default", metadata=allow(PATH))
+    """The run folder OUT."""
+    dir: str = field(default="runs/default", metadata=allow(PATH, "the run folder OUT: a local path, or an s3:// or gs:// URI "
+                     "(--out sets it)"))
 
 
 @dataclass
 class Config:
-    seed: int = field(default=0, metadata=allow(integer(0)))  # numpy's generators take non-negative seeds
+    """The whole audit."""
+    seed: int = field(default=0, metadata=allow(integer(0), "every random choice (splits, training, folds, bootstrap) comes "
+                      "from this seed"))
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

@@ -16,6 +16,8 @@ from typing import Any
 
 from .errors import LayerleakError
 
+META_HELP = "help"  # a field's metadata key for its meaning (allow's second argument)
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -42,9 +44,11 @@ class Rule:
         return dataclasses.replace(self, null=True)
 
 
-def allow(rule: Rule) -> dict[str, Rule]:
-    """A dataclass field's metadata carrying its rule: ``x: int = field(default=1, metadata=allow(integer(1)))``."""
-    return {"rule": rule}
+def allow(rule: Rule, meaning: str = "") -> dict[str, Any]:
+    """A dataclass field's metadata carrying its rule and what the key means, in words:
+    ``x: int = field(default=1, metadata=allow(integer(1), "how many ..."))``. The meaning is what ``layerleak config``
+    prints and docs/configuration.md is generated from (mia_tasks.configdoc); every key declares one."""
+    return {"rule": rule, META_HELP: meaning}
 
 
 def _interval(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:

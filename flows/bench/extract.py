@@ -13,7 +13,7 @@ and reports median and spread of samples/s, the per-round ratios b/a and c/b, an
 project path's peak at batch 16/64/256 against the bound "plain forward+backward at that batch plus
 budget_mb".
 
-The measured table, with the machine and date, is in the README (Benchmarks).
+The measured table, with the machine and date, is in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ together about 0.78, as real layers do.
 
 Targets (issue): (1) >= 20x on a 2-core machine; (2) < 5 minutes.
 
-The measured table, with the machine and date, is in the README (Benchmarks). On a loaded 2-core
+The measured table, with the machine and date, is in docs/benchmarks.md. On a loaded 2-core
 machine torch's and BLAS's thread pools stall each other: benchmark with --threads 1 there.
 """
 
