@@ -230,7 +230,8 @@ def _remove_if_bare(root: str) -> None:
         pass
 
 
-def _stage(args: argparse.Namespace) -> int:
+def run_stage(args: argparse.Namespace) -> int:
+    """Run one stage command (parsed by ``parser()``) on OUT; bad input raises LayerleakError (main prints it)."""
     import dataclasses
 
     from mia_tasks.config import stage_hashes
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "compare":
             return _compare(args)
-        return _stage(args)
+        return run_stage(args)
     except LayerleakError as e:
         print(f"layerleak: error: {one_line(e)}", file=sys.stderr, flush=True)
         return 2

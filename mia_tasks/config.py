@@ -91,9 +91,10 @@ class DatasetConfig:
     non-members."""
     name: str = field(default="digits", metadata=allow(choice(_datasets), "which dataset: digits is bundled with scikit-learn; "
                       "cifar10/cifar100 are torchvision's python batches, fashion-mnist its idx files, imagefolder "
-                      "train/<class>/ and test/<class>/ folders (or a tarball); synthetic is made up for the tests"))
-    root: str | None = field(default=None, metadata=allow(PATH.or_null(), "the local folder (or imagefolder tarball) holding the "
-                             "dataset; null for the bundled digits and synthetic data"))
+                      "train/<class>/ and test/<class>/ folders (or a tarball), npz a .npz of train_x, train_y, test_x, test_y "
+                      "(uint8 images or float inputs; docs/own-model.md); synthetic is made up for the tests"))
+    root: str | None = field(default=None, metadata=allow(PATH.or_null(), "the local folder (or imagefolder tarball, or npz file) "
+                             "holding the dataset; null for the bundled digits and synthetic data"))
     download: bool = field(default=False, metadata=allow(boolean(), "fetch cifar10/cifar100 into dataset.root with torchvision "
                            "first (needs the internet)"))
     mean: list[float] | None = field(default=None, metadata=allow(list_of(number()).or_null(), "per-channel normalisation mean "

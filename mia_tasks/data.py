@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .arraydata import npz_fingerprint, read_npz
 from .errors import LayerleakError, one_line
 
 NORMALISATION = {
@@ -34,7 +35,8 @@ NORMALISATION = {
 
 @dataclass
 class ImageData:
-    """Train and test images as uint8 [N, C, H, W], labels int64 [N], and input normalisation."""
+    """Train and test images as uint8 [N, C, H, W] (or an array dataset's float inputs [N, ...]), labels int64 [N],
+    and the images' normalisation."""
 
     name: str
     train_x: torch.Tensor
@@ -51,8 +53,8 @@ class ImageData:
         return int(self.train_x.shape[1])
 
     @property
-    def input_size(self) -> int:
-        return int(self.train_x.shape[2])
+    def input_size(self) -> int | None:
+        return int(self.train_x.shape[2]) if self.train_x.ndim >= 3 else None
 
     @property
     def n_train(self) -> int:
@@ -68,8 +70,15 @@ class ImageData:
         x, y = self._all
         return x[ids], y[ids]
 
+    @property
+    def images_kind(self) -> bool:
+        """uint8 images [N, C, H, W] (normalised by mean/std), not float inputs taken as they are (an npz of floats)."""
+        return self.train_x.dtype == torch.uint8 and self.train_x.ndim == 4
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images to the float inputs the target model sees."""
+        """uint8 images to the float inputs the target model sees; float inputs (an array dataset's) as they are."""
+        if x.dtype != torch.uint8:
+            return x.float()
         mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
         return (x.float() / 255.0 - mean) / std
@@ -325,12 +334,20 @@ def _synthetic(cfg) -> tuple:
     return (*draw(cfg.synthetic_train), *draw(cfg.synthetic_test), k)
 
 
+def _npz(cfg) -> tuple:
+    if not cfg.root:
+        raise LayerleakError("dataset 'npz' needs dataset.root (a .npz file of train_x, train_y, test_x, test_y); "
+                             "set it with --set dataset.root=FILE.npz")
+    return read_npz(cfg.root)
+
+
 DATASETS: dict[str, Callable] = {
     "digits": _digits,
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
     "fashion-mnist": _fashion_mnist,
     "imagefolder": _imagefolder,
+    "npz": _npz,
     "synthetic": _synthetic,
 }
 
@@ -341,6 +358,9 @@ def dataset_fingerprint(cfg) -> str:
     if cfg.name == "imagefolder" and cfg.root:
         root = Path(cfg.root).expanduser()
         return imagefolder_fingerprint(root) if root.exists() else ""
+    if cfg.name == "npz" and cfg.root:
+        path = Path(cfg.root).expanduser()
+        return npz_fingerprint(path) if path.is_file() else ""
     return ""
 
 
@@ -349,7 +369,7 @@ def load_dataset(cfg) -> ImageData:
     if cfg.name not in DATASETS:
         raise LayerleakError(f"unknown dataset {cfg.name!r}; choose one of {', '.join(DATASETS)}")
     fingerprint = dataset_fingerprint(cfg)
-    cache = _cache_path(cfg.name, fingerprint) if fingerprint else None  # decoded once per content
+    cache = _cache_path(cfg.name, fingerprint) if fingerprint and cfg.name == "imagefolder" else None  # decoded once per content
     arrays = _read_cache(cache) if cache is not None and cache.is_file() else None
     if arrays is None:
         try:
@@ -360,6 +380,13 @@ def load_dataset(cfg) -> ImageData:
         if cache is not None:
             _write_cache(cache, arrays)
     train_x, train_y, test_x, test_y, classes = arrays
+    if train_x.dtype != np.uint8:  # an array dataset's float inputs, used as they are
+        if cfg.mean is not None or cfg.std is not None:
+            raise LayerleakError(f"dataset.mean/std normalise uint8 images; {cfg.root} holds float inputs, which the model "
+                                 f"gets as they are: drop dataset.mean/std (or give uint8 images)")
+        t = lambda a, dt: torch.from_numpy(np.array(a, copy=True)).to(dt)
+        return ImageData(cfg.name, t(train_x, torch.float32), t(train_y, torch.int64), t(test_x, torch.float32),
+                         t(test_y, torch.int64), int(classes), (), (), fingerprint)
     channels = train_x.shape[1]
     mean, std = NORMALISATION.get(cfg.name, ((0.5,) * channels, (0.25,) * channels))
     mean = tuple(cfg.mean) if cfg.mean is not None else mean

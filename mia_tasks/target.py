@@ -9,12 +9,15 @@ from torch import nn
 
 from .data import ImageData
 from .errors import LayerleakError
-from .models import audited_layers, build, load_checkpoint, param_count
+from .models import ARCHS, audited_layers, build, load_checkpoint, param_count
 from .rundir import CHECKPOINT, RunDir
 
 
 def build_target(cfg, data: ImageData) -> nn.Module:
     """An untrained model of the configured architecture, shaped for the dataset, initialised from the config seed."""
+    if cfg.model.arch in ARCHS and data.train_x.ndim != 4:
+        raise LayerleakError(f"model.arch {cfg.model.arch!r} takes images [N, C, H, W]; dataset {data.name} holds inputs of shape "
+                             f"{list(data.train_x.shape[1:])} per sample: give your own model (model.arch=file.py:factory)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return build(cfg.model.arch, data.num_classes, data.in_channels, input_size=data.input_size, **cfg.model.options)
