@@ -373,7 +373,59 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         _set(tree, assignment)
     cfg = _build(Config, tree, "")
     validate(cfg)
-    return cfg
+    return absolute_paths(cfg)
+
+
+# the config's local files: given relative to the working directory, recorded absolute (config.yaml then works from
+# anywhere); the stage hashes read the content of those that are results' inputs, not their paths (FILE_CONTENT)
+PATH_KEYS = ("dataset.root", "model.checkpoint", "split.members_file", "split.nonmembers_file")
+FILE_CONTENT = ("model.checkpoint", "split.members_file", "split.nonmembers_file")
+
+
+def _absolute(value: str | None) -> str | None:
+    if not value or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value  # a missing file keeps its name for the error that follows
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with its existing local paths (PATH_KEYS, and the file of a ``file.py:factory`` model.arch) absolute."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if _absolute(value) != value:
+            sections.setdefault(section, {})[name] = _absolute(value)
+    file, sep, factory = cfg.model.arch.rpartition(":")
+    if sep and file.endswith(".py") and _absolute(file) != file:
+        sections.setdefault("model", {})["arch"] = f"{_absolute(file)}:{factory}"
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)
+                                       for section, values in sections.items()})
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Any) -> Any:
+    """sha256 of a local file's content (cached per path, size and mtime), or the path itself when it is no file."""
+    if not isinstance(path, str):
+        return path
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return path
+    if not p.is_file():
+        return path
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = "sha256:" + h.hexdigest()
+    return _DIGESTS[key]
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -455,11 +507,16 @@ def stage_hashes(cfg: Config, content: str = "") -> dict[str, str]:
     """A hash per stage over the settings that change its results (paths, devices and batch sizes excluded).
 
     ``content`` is the dataset's fingerprint beyond its config (``mia_tasks.data.dataset_fingerprint``): with
-    it, a changed image folder makes every stage's outputs no longer current, so they are made again.
+    it, a changed image folder makes every stage's outputs no longer current, so they are made again. A checkpoint
+    or member file enters by its content (FILE_CONTENT): another file under the same name is another config.
     """
     tree = _strip(cfg.to_dict(), "")
     if content:
         tree["dataset"]["content"] = content
+    for key in FILE_CONTENT:  # a checkpoint or member file is its content: moved or renamed, the same results
+        section, name = key.split(".")
+        if tree[section].get(name):
+            tree[section][name] = file_digest(tree[section][name])
     versioned = {**tree, **CODE_VERSIONS, "population": {"targets": cfg.split.targets, "references": cfg.references.count},
                  "sweep_references": sweep_references(cfg)}
     out = {stage: _digest({k: _select(versioned, k) for k in keys if _has(versioned, k)}) for stage, keys in STAGE_SECTIONS.items()}
