@@ -110,7 +110,7 @@ def print_experiment(record: dict) -> None:
 def shapley_experiment(cfg: Config, rd: RunDir, hashes: dict, splits: Splits, features: Features) -> dict:
     """Figure 6 is the sweep: OUT/shapley.json when it matches this config, else the sweep stage runs."""
     report = rd.read_json(SHAPLEY) if rd.exists(SHAPLEY) else None
-    if is_current(report, "shapley", hashes):
+    if is_current(report, "shapley", hashes) and report.get("bootstrap") == cfg.attack.bootstrap:
         print(f"[layerleak] paper: shapley: reusing {rd.uri}/{SHAPLEY}")
         return report
     from .sweep import sweep_flow

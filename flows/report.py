@@ -69,6 +69,8 @@ def gather(cfg: Config, rd: RunDir, hashes: dict) -> dict:
     shapley = _read(rd, SHAPLEY)
     if not is_current(shapley, "shapley", hashes):
         raise _missing(rd, f"sweep results ({SHAPLEY})", "sweep")
+    if shapley.get("bootstrap") != cfg.attack.bootstrap:  # the fits are current, their intervals are not
+        raise _missing(rd, f"Shapley intervals of attack.bootstrap={cfg.attack.bootstrap} ({SHAPLEY})", "sweep")
     ignored: list[str] = []
     experiments = {}
     for fname in rd.listdir(EXPERIMENTS, ".json"):

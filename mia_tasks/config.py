@@ -474,12 +474,16 @@ STAGE_SECTIONS = {
     "splits": ("seed", "dataset", "split", "model.checkpoint"),
     "target": ("seed", "dataset", "split", "model", "train"),
     "features": ("seed", "dataset", "split", "model", "train", "features", "feature_schema"),
-    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", "sweep_fit", *ATTACK_SETTINGS["logistic"].values(), "sweep",
-              "sweep_references"),
+    # not attack.bootstrap: the coalitions' fits do not read it (shapley.json records it and is redone when it changes)
+    "sweep": ("dataset", "split", "model", "train", "features", "feature_schema", "sweep_fit",
+              *(k for k in ATTACK_SETTINGS["logistic"].values() if k != "attack.bootstrap"), "sweep", "sweep_references"),
     # the population pool's model halves (mia_tasks.population): its own stage, so adding targets or references
     # keeps the splits, the target and the models already trained (each model's half depends on its index only)
     "population": ("seed", "dataset", "split", "model.checkpoint", "population"),
 }
+# How results are evaluated, not what is trained or extracted: a change is no other audit, OUT is accepted and the
+# outputs they affect are made again (attack.folds: the sweep's fits and the attacks; attack.bootstrap: the intervals)
+ANALYSIS_KEYS = ("attack.folds", "attack.bootstrap")
 # Versions of the code's output formats that change a stage's results as a setting would.
 # sweep_fit 2: the baseline's score (sweep.baseline) is unpenalised in every coalition's attack
 # sweep_fit 3: a calibrated baseline (lira, rmia) scores every sample over the whole audited pool (attack_runs.calibrated_scores)

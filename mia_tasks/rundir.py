@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-from .config import CODE_VERSIONS, HASHES, VERSIONS, Config, dump_config, load_config, stage_hashes
+from .config import ANALYSIS_KEYS, CODE_VERSIONS, HASHES, VERSIONS, Config, dump_config, load_config, stage_hashes
 from .errors import LayerleakError, one_line
 
 T = TypeVar("T")
@@ -396,12 +396,20 @@ class RunDir:
             differ = [stage for stage, marker in STAGE_OUTPUTS.items()
                       if old_hashes.get(stage) not in (None, hashes[stage]) and self._has_outputs(marker)]
             recorded = self._recorded_hashes(old) if differ else {}
+            analysis = []  # stages redone because only how results are evaluated changed (ANALYSIS_KEYS)
             for stage in differ:
                 if recorded.get(stage) != hashes[stage]:
                     changed = _changed_keys(old, cfg.to_dict())
+                    if changed and all(k in ANALYSIS_KEYS for k in changed):
+                        analysis.append(stage)
+                        continue
                     raise LayerleakError(f"OUT {self.uri} holds {stage} outputs made with another config "
                                          f"(changed: {', '.join(changed) or 'see ' + CONFIG}); use a new --out, or delete "
                                          f"OUT/{STAGE_OUTPUTS[stage]}")
+            if analysis:
+                print(f"[layerleak] OUT {self.uri}: {', '.join(_changed_keys(old, cfg.to_dict()))} changed: the {', '.join(analysis)} "
+                      f"outputs are made again with it, the rest is kept", flush=True)
+                differ = [d for d in differ if d not in analysis]
             if differ:
                 print(f"[layerleak] OUT {self.uri}: its {', '.join(differ)} outputs were made by another layerleak version "
                       f"({_versions_text(old.get(VERSIONS))}), not another config; they are made again, the rest is kept",
